@@ -1,0 +1,101 @@
+"""`bansink run | check-config | nft remove`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from bansink.actions.backend import BackendUnavailable, BanBackend
+from bansink.actions.dryrun import DryRunBackend
+from bansink.actions.nftables import NftablesError, NftablesSet
+
+from .config import DEFAULT_PATH, Config, ConfigError, load_config
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"bansink: {message}", file=sys.stderr)
+    return code
+
+
+def _config(path: Path | None) -> Config:
+    """An explicit path must exist; the default path is optional (built-in defaults)."""
+    if path is not None:
+        return load_config(path)
+    if DEFAULT_PATH.exists():
+        return load_config(DEFAULT_PATH)
+    return Config()
+
+
+def nftables_backend(config: Config) -> NftablesSet:
+    n = config.nftables
+    return NftablesSet(family=n.family, table=n.table, set4=n.set4, set6=n.set6, chain=n.chain,
+                       priority=n.priority, ports=n.ports)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .daemon import serve
+    from .logs import configure_logging
+
+    config = _config(args.config)
+    configure_logging(config.log.format, config.log.level)
+    backend: BanBackend = DryRunBackend() if args.dry_run else nftables_backend(config)
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve(config, backend))
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    load_config(args.path)
+    print(f"{args.path}: OK")
+    return 0
+
+
+def _nft_remove(args: argparse.Namespace) -> int:
+    backend = nftables_backend(_config(args.config))
+    name = f"{backend.family} {backend.table}"
+    print(f"deleted table {name}" if backend.remove() else f"no table {name}: nothing to delete")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bansink", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument("--config", type=Path, help=f"config file (default {DEFAULT_PATH} if present)")
+    run.add_argument("--dry-run", action="store_true", help="decide and log bans, enforce none")
+    run.set_defaults(func=_run)
+    check = sub.add_parser("check-config", help="validate a config file")
+    check.add_argument("path", type=Path)
+    check.set_defaults(func=_check_config)
+    nft = sub.add_parser("nft", help="manage bansink's nftables table")
+    nft_sub = nft.add_subparsers(dest="nft_command", required=True)
+    remove = nft_sub.add_parser("remove", help="delete bansink's own table and its bans")
+    remove.add_argument("--config", type=Path)
+    remove.set_defaults(func=_nft_remove)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        return _fail(f"bad config:\n{exc}", 2)
+    except BackendUnavailable as exc:
+        return _fail(str(exc))
+    except NftablesError as exc:
+        return _fail(f"nftables: {exc}")
+    except OSError as exc:  # e.g. a listen address in use or not on this host
+        return _fail(str(exc))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

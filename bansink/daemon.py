@@ -1,0 +1,227 @@
+"""The composition root: listeners -> pipeline -> enforcer, on one asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+import structlog
+
+from bansink.actions.backend import BanBackend
+from bansink.engine.addresses import NetworkSet, parse_address
+from bansink.engine.events import MalformedEvent
+from bansink.engine.jail import BanDecision, JailSettings
+from bansink.engine.pipeline import Banned, Ignored, Protections, SecurityPipeline
+from bansink.receiver.intake import Dropped
+from bansink.receiver.syslog import MalformedSyslog, SyslogMessage
+from bansink.receiver.tcp import TcpListener
+from bansink.receiver.udp import UdpListener
+
+from .config import Config
+
+log = structlog.get_logger("bansink")
+
+STATS_INTERVAL = 60.0
+
+
+class Throttle:
+    """At most one log line per key per `interval` seconds; counts what it held back."""
+
+    def __init__(self, interval: float = 10.0, max_keys: int = 10_000) -> None:
+        self.interval, self.max_keys = interval, max_keys
+        self._last: dict[tuple[str, str], float] = {}
+        self._held: Counter[tuple[str, str]] = Counter()
+
+    def allow(self, key: tuple[str, str], now: float) -> int | None:
+        """None to stay quiet; else how many were held back since the last line."""
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._held[key] += 1
+            return None
+        if len(self._last) >= self.max_keys:
+            self._last.clear()
+        self._last[key] = now
+        return self._held.pop(key, 0)
+
+
+class Enforcer:
+    """Batches ban decisions and commits them to the backend, one transaction per tick."""
+
+    def __init__(self, backend: BanBackend, interval: float) -> None:
+        self.backend, self.interval = backend, interval
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="bansink-nft")
+        self._queued: list[BanDecision] = []
+        self._flush: asyncio.Task[None] | None = None
+        self.bans = 0
+        self.errors = 0
+
+    async def setup(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.backend.setup)
+
+    def ban(self, decision: BanDecision) -> None:
+        self._queued.append(decision)
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().create_task(self._flush_soon())
+
+    async def _flush_soon(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._queued:
+                await asyncio.sleep(self.interval)  # gather what arrives in the same tick
+                batch, self._queued = self._queued, []
+                for decision in batch:
+                    self.backend.add(decision)
+                result = await loop.run_in_executor(self._executor, self.backend.commit)
+                self._report(result.bans, result.error, loop.time())
+        finally:
+            self._flush = None
+
+    def _report(self, bans: tuple[BanDecision, ...], error: str | None, now: float) -> None:
+        wall = time.time()
+        if error is not None:
+            self.errors += 1
+            log.error("ban_failed", ips=[str(b.ip) for b in bans], error=error)
+            return
+        for b in bans:
+            self.bans += 1
+            until = datetime.fromtimestamp(wall + b.bantime, UTC).isoformat(timespec="seconds")
+            log.info("ban", ip=str(b.ip), jail=b.jail, count=b.failures, bantime=b.bantime,
+                     until=until, latency_ms=round((now - b.decided_at) * 1000, 1))
+
+    async def close(self) -> None:
+        if self._flush is not None:
+            await self._flush
+        self._executor.shutdown(wait=True)
+
+
+class Intake:
+    """Receives what the listeners deliver, runs it through the pipeline, logs what matters."""
+
+    def __init__(self, pipeline: SecurityPipeline, enforcer: Enforcer) -> None:
+        self.pipeline, self.enforcer = pipeline, enforcer
+        self.received: Counter[str] = Counter()
+        self.drops: Counter[str] = Counter()
+        self.throttle = Throttle()
+        self._loop = asyncio.get_running_loop()
+
+    def on_message(self, message: SyslogMessage | MalformedSyslog, transport: str) -> None:
+        self.received[transport] += 1
+        now = self._loop.time()
+        if type(message) is MalformedSyslog:
+            self.drops["malformed_syslog"] += 1
+            held = self.throttle.allow(("malformed_syslog", message.peer), now)
+            if held is not None:
+                log.warning("malformed_syslog", peer=message.peer, transport=transport,
+                            reason=message.reason, raw=message.raw.decode("utf-8", "replace"),
+                            suppressed=held)
+            return
+        assert type(message) is SyslogMessage
+        outcome = self.pipeline.handle(message, now)
+        if type(outcome) is Banned:
+            self.enforcer.ban(outcome.decision)
+        elif type(outcome) is MalformedEvent:
+            held = self.throttle.allow(("malformed_event", message.peer), now)
+            if held is not None:
+                log.warning("malformed_event", peer=message.peer, reason=outcome.reason,
+                            raw=outcome.raw[:200], suppressed=held)
+        elif type(outcome) is Ignored and outcome.reason != "unresolvable":
+            held = self.throttle.allow(("protected", outcome.reason), now)
+            if held is not None:
+                log.info("not_banned", reason=outcome.reason, chain=outcome.event.client_chain,
+                         peer=message.peer, suppressed=held)
+
+    def on_drop(self, dropped: Dropped) -> None:
+        self.drops[dropped.reason] += 1
+        held = self.throttle.allow((dropped.reason, dropped.peer), self._loop.time())
+        if held is not None:
+            log.warning("drop", reason=dropped.reason, peer=dropped.peer,
+                        transport=dropped.transport, size=dropped.size, suppressed=held)
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "received": dict(self.received),
+            "drops": dict(self.drops),
+            "outcomes": dict(self.pipeline.counts),
+            "tracked": self.pipeline.jail.tracked,
+            "evicted": self.pipeline.jail.evicted,
+            "bans": self.enforcer.bans,
+            "ban_errors": self.enforcer.errors,
+        }
+
+
+def sender_admission(senders: NetworkSet):  # -> receiver.intake.Admit
+    def admit(address: str) -> str | None:
+        ip = parse_address(address.partition("%")[0])
+        return str(ip) if ip is not None and ip in senders else None
+
+    return admit
+
+
+def build_pipeline(config: Config) -> SecurityPipeline:
+    senders = NetworkSet(config.receiver.senders)
+    jail = JailSettings(
+        name="roundcube",
+        maxretry=config.jail.maxretry,
+        findtime=config.jail.findtime,
+        bantime=config.jail.bantime,
+        max_tracked=config.engine.max_tracked,
+    )
+    protections = Protections(
+        trusted_proxies=NetworkSet(config.engine.trusted_proxies),
+        ignoreip=NetworkSet(config.engine.ignoreip),
+        senders=senders,
+    )
+    return SecurityPipeline(jail, protections)
+
+
+async def serve(config: Config, backend: BanBackend, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or `stop` is set)."""
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    enforcer = Enforcer(backend, config.nftables.commit_interval)
+    await enforcer.setup()
+    pipeline = build_pipeline(config)
+    intake = Intake(pipeline, enforcer)
+    admit = sender_admission(NetworkSet(config.receiver.senders))
+    rc = config.receiver
+    listeners: list[UdpListener | TcpListener] = [
+        UdpListener(host, port, admit=admit, intake=intake, max_message_size=rc.max_message_size,
+                    receive_buffer=rc.udp_receive_buffer)
+        for host, port in rc.udp
+    ] + [
+        TcpListener(host, port, admit=admit, intake=intake, max_message_size=rc.max_message_size,
+                    max_connections=rc.max_connections,
+                    max_connections_per_sender=rc.max_connections_per_sender,
+                    idle_timeout=rc.idle_timeout)
+        for host, port in rc.tcp
+    ]
+    try:
+        for listener in listeners:
+            await listener.start()
+            host, port = listener.address
+            log.info("listening", transport="udp" if isinstance(listener, UdpListener) else "tcp",
+                     address=host, port=port)
+        log.info("started", senders=rc.senders, maxretry=config.jail.maxretry,
+                 findtime=config.jail.findtime, bantime=config.jail.bantime)
+        expiry_every = min(config.jail.findtime / 4, 30.0)
+        last_stats = loop.time()
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=expiry_every)
+            except TimeoutError:
+                pass
+            pipeline.expire(loop.time())
+            if loop.time() - last_stats >= STATS_INTERVAL:
+                last_stats = loop.time()
+                log.info("stats", **intake.stats())
+    finally:
+        for listener in listeners:
+            await listener.stop()
+        await enforcer.close()
+        log.info("stopped", **intake.stats())

@@ -1,0 +1,25 @@
+#!/bin/sh
+# Sets bansink up on Debian 12 as root: system packages, then a virtualenv in ./.venv built from
+# Debian's own python3 so that it sees python3-nftables. `--test` adds what the tests need.
+set -eu
+cd "$(dirname "$0")/.."
+test "$(id -u)" = 0 || { echo "setup.sh: run as root (apt-get and nftables need it)" >&2; exit 1; }
+packages="nftables python3-nftables python3-venv python3-pip iproute2"
+extras=""
+if [ "${1:-}" = "--test" ]; then
+    packages="$packages rsyslog rsyslog-relp rsyslog-openssl bsdutils"
+    extras="[test]"
+fi
+missing=""
+for p in $packages; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
+fi
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import nftables' 2>/dev/null; then
+    rm -rf .venv
+    /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -e ".$extras"

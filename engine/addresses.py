@@ -1,0 +1,50 @@
+"""IP address helpers: normalisation and fast membership in a list of networks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+
+
+def normalize(ip: IPAddress) -> IPAddress:
+    """IPv4-mapped IPv6 (::ffff:192.0.2.1) is the IPv4 address it carries."""
+    if ip.version == 6 and ip.ipv4_mapped is not None:  # type: ignore[union-attr]
+        return ip.ipv4_mapped  # type: ignore[union-attr]
+    return ip
+
+
+def parse_address(text: str) -> IPAddress | None:
+    """A literal IPv4/IPv6 address (no port, no zone), normalised; None if it is not one."""
+    try:
+        return normalize(ip_address(text))
+    except ValueError:
+        return None
+
+
+class NetworkSet:
+    """An immutable set of networks with a fast `ip in nets` test."""
+
+    __slots__ = ("_v4", "_v6", "networks")
+
+    def __init__(self, networks: Iterable[str | IPNetwork]) -> None:
+        nets = tuple(ip_network(n, strict=False) if isinstance(n, str) else n for n in networks)
+        self.networks: tuple[IPNetwork, ...] = nets
+        self._v4 = tuple((int(n.network_address), int(n.netmask)) for n in nets if n.version == 4)
+        self._v6 = tuple((int(n.network_address), int(n.netmask)) for n in nets if n.version == 6)
+        # an IPv4 net also covers its IPv4-mapped IPv6 form, which normalize() already folds
+
+    def __contains__(self, ip: IPAddress) -> bool:
+        value = int(ip)
+        for net, mask in self._v4 if ip.version == 4 else self._v6:
+            if value & mask == net:
+                return True
+        return False
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def __repr__(self) -> str:
+        return f"NetworkSet({[str(n) for n in self.networks]})"

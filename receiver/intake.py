@@ -1,0 +1,31 @@
+"""The hand-off from the listeners to the daemon: what they deliver and what they drop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from .syslog import MalformedSyslog, SyslogMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """Input refused or discarded before parsing: counted and logged, never fatal."""
+
+    reason: str
+    """sender_not_allowed, too_many_connections, too_many_connections_from_sender, oversized,
+    empty octet-counted frame, truncated at EOF, idle_timeout, ..."""
+    peer: str
+    transport: str
+    size: int = 0
+
+
+class Intake(Protocol):
+    def on_message(self, message: SyslogMessage | MalformedSyslog, transport: str) -> None: ...
+
+    def on_drop(self, dropped: Dropped) -> None: ...
+
+
+Admit = Callable[[str], str | None]
+"""Sender check: the peer's address text -> its normalised form if allowed, else None."""

@@ -1,0 +1,88 @@
+"""Syslog over UDP (RFC 5426: one message per datagram), on asyncio-dgram."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import asyncio_dgram
+
+from .intake import Admit, Dropped, Intake
+from .syslog import parse_syslog
+
+TRANSPORT = "udp"
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; the stdlib does not name it
+
+
+def _datagram_socket(host: str, port: int, receive_buffer: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:  # bursts overflow the kernel's default ~200 KiB buffer; FORCE needs root
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, receive_buffer)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+class UdpListener:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        admit: Admit,
+        intake: Intake,
+        max_message_size: int,
+        receive_buffer: int,
+    ) -> None:
+        self.host, self.port = host, port
+        self._admit, self._intake = admit, intake
+        self._max = max_message_size
+        self._receive_buffer = receive_buffer
+        self._stream: asyncio_dgram.DatagramServer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self._stream is not None
+        return self._stream.sockname[:2]
+
+    async def start(self) -> None:
+        sock = _datagram_socket(self.host, self.port, self._receive_buffer)
+        self._stream = await asyncio_dgram.from_socket(sock)
+        self._task = asyncio.get_running_loop().create_task(self._serve())
+
+    async def _serve(self) -> None:
+        assert self._stream is not None
+        recv, admit, intake, limit = self._stream.recv, self._admit, self._intake, self._max
+        while True:
+            try:
+                data, addr = await recv()
+            except asyncio_dgram.TransportClosed:
+                return
+            peer = admit(addr[0])
+            if peer is None:
+                intake.on_drop(Dropped("sender_not_allowed", addr[0], TRANSPORT, len(data)))
+            elif len(data) > limit:
+                intake.on_drop(Dropped("oversized", peer, TRANSPORT, len(data)))
+            else:
+                intake.on_message(parse_syslog(data, peer=peer, received_at=time.time()), TRANSPORT)
+
+    async def stop(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
