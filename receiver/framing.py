@@ -62,6 +62,7 @@ class Rfc6587Framer:
         self._lf_searched = 0  # LF search resumes here (absolute index), keeps scanning O(n)
         self._skip = 0  # octets still to discard from an oversized counted frame
         self._skip_to_lf = False  # discarding an oversized LF frame up to its LF
+        self._discarded = 0  # octets of that frame discarded so far
         self._eof = False
 
     @property
@@ -95,11 +96,15 @@ class Rfc6587Framer:
             if self._skip_to_lf:
                 lf = buf.find(b"\n", pos)
                 if lf < 0:
+                    self._discarded += end - pos
                     self._pos = end
-                    return CLOSED if self._eof else NEED_DATA
+                    if not self._eof:
+                        return NEED_DATA
+                else:
+                    self._discarded += lf - pos
+                    self._pos = lf + 1
                 self._skip_to_lf = False
-                self._pos = lf + 1
-                continue
+                return FrameDropped("oversized", self._discarded)
             if pos >= end:
                 return CLOSED if self._eof else NEED_DATA
             if buf[pos] in _DIGITS:
@@ -141,18 +146,23 @@ class Rfc6587Framer:
         self._pos = stop
         if buf[stop - 1] == 0x0A:
             stop -= 1
+            if stop == start:
+                return FrameDropped("empty octet-counted frame", count)
         return SyslogFrame(bytes(buf[start:stop]))
 
     def _maybe_lf_terminated(self, buf: bytearray, pos: int, end: int) -> FramerEvent | None:
         lf = buf.find(b"\n", max(pos, self._lf_searched))
         if lf < 0:
             self._lf_searched = end
-            if end - pos > self.max_frame_size:
+            if end - pos > self.max_frame_size + 1:  # + 1: room for a CR before the LF
                 self._pos = end
                 self._skip_to_lf = True
-                return FrameDropped("oversized", end - pos)
+                self._discarded = end - pos
+                return _SKIP  # FrameDropped comes when the LF (or EOF) ends the frame
             if self._eof:  # the last frame of a stream may lack its LF
                 self._pos = end
+                if end - pos > self.max_frame_size:
+                    return FrameDropped("oversized", end - pos)
                 return SyslogFrame(bytes(buf[pos:end]))
             return None
         self._pos = lf + 1
@@ -160,7 +170,7 @@ class Rfc6587Framer:
         if stop == pos:
             return _SKIP  # blank line between frames
         if stop - pos > self.max_frame_size:
-            return FrameDropped("oversized", stop - pos)
+            return FrameDropped("oversized", lf - pos)
         return SyslogFrame(bytes(buf[pos:stop]))
 
 
