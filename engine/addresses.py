@@ -18,6 +18,8 @@ def normalize(ip: IPAddress) -> IPAddress:
 
 def parse_address(text: str) -> IPAddress | None:
     """A literal IPv4/IPv6 address (no port, no zone), normalised; None if it is not one."""
+    if "%" in text:  # a scoped (link-local) address names no host bansink could ban
+        return None
     try:
         return normalize(ip_address(text))
     except ValueError:

@@ -10,14 +10,16 @@ from .addresses import IPAddress, NetworkSet, parse_address
 def resolve_client(chain: Sequence[str], trusted: NetworkSet) -> IPAddress | None:
     """Walk the chain from the right (nearest hop) and return the first untrusted address.
 
-    Returns None when the chain is empty, when a hop that must be read is not an IP address
-    (e.g. "UNKNOWN", or garbage an attacker put in a forwarded header), or when every hop is a
-    trusted proxy: none of these may lead to a ban.
+    When every hop is trusted, the left-most one is returned (as nginx does), so that the caller
+    sees a trusted proxy and refuses to ban it. Returns None when the chain is empty or when a
+    hop that must be read is not an IP address ("UNKNOWN", or garbage an attacker put in a
+    forwarded header): neither may lead to a ban.
     """
+    ip = None
     for text in reversed(chain):
         ip = parse_address(text.strip())
         if ip is None:
             return None
         if ip not in trusted:
             return ip
-    return None
+    return ip

@@ -62,7 +62,7 @@ def _forwarded(pairs: dict[str, str]) -> tuple[str, ...]:
 
 def roundcube_event(message: SyslogMessage) -> SecurityEvent | NotMatched | MalformedEvent:
     text = message.msg.rstrip()
-    if text.startswith(_SYSLOG_PREFIX):
+    if message.msg.startswith(_SYSLOG_PREFIX):
         pairs = parse_pairs(text[len(_SYSLOG_PREFIX) :])
         if isinstance(pairs, str):
             return MalformedEvent(pairs, text)

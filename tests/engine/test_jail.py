@@ -1,0 +1,75 @@
+from ipaddress import ip_address
+
+import pytest
+
+from bansink.engine.jail import Jail, JailSettings
+
+A, B = ip_address("203.0.113.7"), ip_address("2001:db8::7")
+
+
+def jail(**kw) -> Jail:
+    return Jail(JailSettings(name="roundcube", **{"maxretry": 3, "findtime": 60, **kw}))
+
+
+def test_maxretry_failures_within_findtime_ban():
+    j = jail(bantime=120)
+    assert j.observe(A, 0.0) is None
+    assert j.observe(A, 10.0) is None
+    ban = j.observe(A, 59.0)
+    assert ban is not None
+    assert (ban.ip, ban.jail, ban.failures, ban.bantime, ban.decided_at) == (A, "roundcube", 3,
+                                                                               120, 59.0)
+
+
+def test_failures_older_than_findtime_do_not_count():
+    j = jail()
+    j.observe(A, 0.0)
+    j.observe(A, 30.0)
+    assert j.observe(A, 60.0) is None  # the failure at 0 has left the window
+    assert j.failures_of(A, 60.0) == 2
+    assert j.observe(A, 61.0) is not None
+
+
+def test_addresses_are_counted_separately():
+    j = jail()
+    for t in range(2):
+        assert j.observe(A, t) is None
+        assert j.observe(B, t) is None
+    assert j.observe(B, 2).ip == B
+
+
+def test_a_ban_resets_the_count():
+    j = jail()
+    for t in range(3):
+        j.observe(A, t)
+    assert j.failures_of(A, 3) == 0
+    assert j.observe(A, 3) is None
+
+
+def test_expire_forgets_quiet_addresses_and_next_deadline_tracks_the_oldest():
+    j = jail()
+    j.observe(A, 0.0)
+    j.observe(B, 20.0)
+    assert j.next_deadline() == 60.0
+    assert j.expire(59.0) == 0
+    assert j.expire(60.0) == 1
+    assert j.tracked == 1 and j.next_deadline() == 80.0
+
+
+def test_tracked_addresses_are_capped_oldest_first():
+    j = jail(max_tracked=2)
+    ips = [ip_address(f"198.51.100.{i}") for i in range(3)]
+    j.observe(ips[0], 0)
+    j.observe(ips[1], 1)
+    j.observe(ips[0], 2)  # refreshes ips[0]: ips[1] is now the oldest
+    j.observe(ips[2], 3)
+    assert j.evicted == 1 and j.tracked == 2
+    assert j.failures_of(ips[1], 3) == 0
+    assert j.failures_of(ips[0], 3) == 2
+
+
+@pytest.mark.parametrize("kw", [{"maxretry": 0}, {"findtime": 0}, {"bantime": -1},
+                                {"max_tracked": 0}])
+def test_nonsense_settings_are_refused(kw):
+    with pytest.raises(ValueError):
+        JailSettings(name="x", **kw)
