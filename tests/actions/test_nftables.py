@@ -1,0 +1,108 @@
+"""The nftables backend against the real kernel, inside a namespace each test creates."""
+
+from ipaddress import ip_address
+
+import pytest
+from support import Netns, namespaces
+
+from bansink.actions.backend import BackendUnavailable
+from bansink.actions.nftables import NftablesSet, load_libnftables
+from bansink.engine.jail import BanDecision
+
+
+def ban(ip: str, bantime: float = 600) -> BanDecision:
+    return BanDecision(ip_address(ip), "roundcube", 6, bantime, 0.0)
+
+
+@pytest.fixture
+def ns():
+    with namespaces("nft") as (ns,):
+        yield ns
+
+
+def setup(ns: Netns, **kw) -> NftablesSet:
+    backend = NftablesSet(**kw)
+    ns.in_namespace(backend.setup)
+    return backend
+
+
+def test_setup_creates_table_sets_and_chain_and_leaves_other_tables_alone(ns: Netns):
+    ns.run("nft", "add table inet other; add chain inet other c { type filter hook input "
+                  "priority 0; }; add rule inet other c counter accept")
+    before = ns.nft_json("list", "table", "inet", "other")
+    setup(ns)
+    setup(ns)  # idempotent: nothing duplicated
+    listed = ns.nft_json("list", "table", "inet", "bansink")["nftables"]
+    sets = {i["set"]["name"]: i["set"] for i in listed if "set" in i}
+    assert sets["ban4"]["type"] == "ipv4_addr" and sets["ban6"]["type"] == "ipv6_addr"
+    for s in sets.values():
+        assert sorted(s["flags"]) == ["interval", "timeout"]
+        assert "auto-merge" not in s.get("flags", [])
+    chain = next(i["chain"] for i in listed if "chain" in i)
+    assert (chain["hook"], chain["prio"], chain["policy"]) == ("input", -10, "accept")
+    rules = [i["rule"] for i in listed if "rule" in i]
+    assert len(rules) == 2
+    for rule in rules:
+        assert any("counter" in e for e in rule["expr"]) and {"drop": None} in rule["expr"]
+    assert ns.nft_json("list", "table", "inet", "other") == before
+
+
+def test_bans_are_set_elements_with_their_own_timeouts_in_one_commit(ns: Netns):
+    backend = setup(ns)
+    for b in (ban("203.0.113.7", 600), ban("2001:db8::7", 120), ban("::ffff:203.0.113.8", 300)):
+        backend.add(b)
+    result = ns.in_namespace(backend.commit)
+    assert result.ok and len(result.bans) == 3
+    v4 = ns.set_elements(name="ban4")
+    v6 = ns.set_elements(name="ban6")
+    assert v4["203.0.113.7"]["timeout"] == 600 and 590 <= v4["203.0.113.7"]["expires"] <= 600
+    assert v6["2001:db8::7"]["timeout"] == 120
+    assert "::ffff:203.0.113.8" in v6  # the engine normalises mapped addresses, not the backend
+
+
+def test_a_second_ban_replaces_the_timeout(ns: Netns):
+    backend = setup(ns)
+    backend.add(ban("203.0.113.7", 600))
+    ns.in_namespace(backend.commit)
+    backend.add(ban("203.0.113.7", 7200))
+    assert ns.in_namespace(backend.commit).ok
+    assert ns.set_elements()["203.0.113.7"]["timeout"] == 7200
+
+
+def test_setup_keeps_existing_bans(ns: Netns):
+    backend = setup(ns)
+    backend.add(ban("203.0.113.7"))
+    ns.in_namespace(backend.commit)
+    setup(ns)
+    assert "203.0.113.7" in ns.set_elements()
+
+
+def test_configured_ports_limit_the_drop_rules_and_a_config_change_replaces_them(ns: Netns):
+    setup(ns)
+    setup(ns, ports=[443, 80])
+    text = ns.run("nft", "list", "chain", "inet", "bansink", "input").stdout.decode()
+    assert text.count("th dport { 80, 443 }") == 2
+    assert text.count("drop") == 2
+
+
+def test_commit_recreates_the_table_if_it_was_deleted_underneath(ns: Netns):
+    backend = setup(ns)
+    ns.run("nft", "delete", "table", "inet", "bansink")
+    backend.add(ban("203.0.113.7"))
+    assert ns.in_namespace(backend.commit).ok
+    assert "203.0.113.7" in ns.set_elements()
+
+
+def test_remove_deletes_only_bansinks_table(ns: Netns):
+    ns.run("nft", "add", "table", "inet", "other")
+    backend = setup(ns)
+    assert ns.in_namespace(backend.remove) is True
+    assert ns.in_namespace(backend.remove) is False
+    tables = [i["table"]["name"] for i in ns.nft_json("list", "tables")["nftables"] if "table" in i]
+    assert tables == ["other"]
+
+
+def test_missing_bindings_say_what_to_install(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "nftables", None)
+    with pytest.raises(BackendUnavailable, match="apt-get install nftables python3-nftables"):
+        load_libnftables()

@@ -1,0 +1,158 @@
+"""Test helpers: network namespaces (the only place tests touch nftables), waiting on conditions,
+and a bansink daemon run as a real process."""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+CLONE_NEWNET = 0x40000000
+_names = itertools.count()
+BIN = Path(sys.executable).parent
+
+
+def wait_until(condition: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
+    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+class Netns:
+    """A network namespace made for one test; `delete()` removes it and what runs in it."""
+
+    def __init__(self, role: str) -> None:
+        self.name = f"bsk{os.getpid()}-{next(_names)}-{role}"
+        subprocess.run(["ip", "netns", "add", self.name], check=True)
+        self.ip("link", "set", "lo", "up")
+        self._executor: ThreadPoolExecutor | None = None
+        self._procs: list[subprocess.Popen] = []
+
+    def ip(self, *args: str) -> None:
+        subprocess.run(["ip", "-n", self.name, *args], check=True)
+
+    def run(self, *cmd: str, check: bool = True, timeout: float = 30, **kw: Any):
+        return subprocess.run(["ip", "netns", "exec", self.name, *cmd], check=check,
+                              timeout=timeout, capture_output=True, **kw)
+
+    def popen(self, *cmd: str, **kw: Any) -> subprocess.Popen:
+        proc = subprocess.Popen(["ip", "netns", "exec", self.name, *cmd], **kw)
+        self._procs.append(proc)
+        return proc
+
+    def nft_json(self, *args: str) -> dict:
+        return json.loads(self.run("nft", "-j", *args).stdout)
+
+    def set_elements(self, table: str = "bansink", name: str = "ban4",
+                     family: str = "inet") -> dict[str, dict]:
+        """Members of a set: address -> {"timeout": s, "expires": s}."""
+        listed = self.nft_json("list", "set", family, table, name)
+        found = {}
+        for item in listed["nftables"]:
+            for elem in item.get("set", {}).get("elem", []):
+                if isinstance(elem, dict):
+                    found[str(elem["elem"]["val"])] = elem["elem"]
+                else:
+                    found[str(elem)] = {}
+        return found
+
+    def in_namespace(self, fn: Callable[..., T], *args: Any) -> T:
+        """Call fn on a thread that lives in this namespace (setns is per thread)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, initializer=_enter, initargs=(self.name,))
+        return self._executor.submit(fn, *args).result(timeout=30)
+
+    def delete(self) -> None:
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        if self._executor is not None:
+            self._executor.shutdown()
+        subprocess.run(["ip", "netns", "del", self.name], check=False)
+
+
+def _enter(name: str) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {name}")
+    finally:
+        os.close(fd)
+
+
+def link(a: Netns, a_addrs: list[str], b: Netns, b_addrs: list[str]) -> None:
+    """A veth pair between two namespaces with the given addresses (CIDR) on each end."""
+    n = next(_names)
+    ea, eb = f"bska{n}", f"bskb{n}"
+    subprocess.run(["ip", "link", "add", ea, "netns", a.name, "type", "veth", "peer", "name", eb,
+                    "netns", b.name], check=True)
+    for ns, dev, addrs in ((a, ea, a_addrs), (b, eb, b_addrs)):
+        for addr in addrs:
+            ns.ip("addr", "add", addr, "dev", dev, *(["nodad"] if ":" in addr else []))
+        ns.ip("link", "set", dev, "up")
+
+
+@contextmanager
+def namespaces(*roles: str) -> Iterator[list[Netns]]:
+    made: list[Netns] = []
+    try:
+        for role in roles:
+            made.append(Netns(role))
+        yield made
+    finally:
+        for ns in made:
+            ns.delete()
+
+
+class Daemon:
+    """`bansink run` as a real process in a namespace, its JSON log lines readable."""
+
+    def __init__(self, ns: Netns, config: str, tmp: Path, *args: str) -> None:
+        self.config_path = tmp / "bansink.toml"
+        self.config_path.write_text(config)
+        self.log_path = tmp / "bansink.log"
+        self._log = self.log_path.open("wb")
+        self.proc = ns.popen(str(BIN / "bansink"), "run", "--config", str(self.config_path), *args,
+                             stdout=self._log, stderr=subprocess.STDOUT)
+        wait_until(lambda: self.proc.poll() is not None or self.lines("started"), 15,
+                   "bansink to start")
+        assert self.proc.poll() is None, self.log_path.read_text()
+
+    def lines(self, event: str | None = None) -> list[dict]:
+        found = []
+        for raw in self.log_path.read_text().splitlines():
+            try:
+                entry = json.loads(raw)
+            except ValueError:
+                continue
+            if event is None or entry.get("event") == event:
+                found.append(entry)
+        return found
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        code = self.proc.wait(10)
+        self._log.close()
+        return code
