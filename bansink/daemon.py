@@ -33,10 +33,10 @@ class Throttle:
 
     def __init__(self, interval: float = 10.0, max_keys: int = 10_000) -> None:
         self.interval, self.max_keys = interval, max_keys
-        self._last: dict[tuple[str, str], float] = {}
-        self._held: Counter[tuple[str, str]] = Counter()
+        self._last: dict[tuple[str, ...], float] = {}
+        self._held: Counter[tuple[str, ...]] = Counter()
 
-    def allow(self, key: tuple[str, str], now: float) -> int | None:
+    def allow(self, key: tuple[str, ...], now: float) -> int | None:
         """None to stay quiet; else how many were held back since the last line."""
         last = self._last.get(key)
         if last is not None and now - last < self.interval:
@@ -136,7 +136,8 @@ class Intake:
 
     def on_drop(self, dropped: Dropped) -> None:
         self.drops[dropped.reason] += 1
-        held = self.throttle.allow((dropped.reason, dropped.peer), self._loop.time())
+        key = (dropped.reason, dropped.peer, dropped.transport)
+        held = self.throttle.allow(key, self._loop.time())
         if held is not None:
             log.warning("drop", reason=dropped.reason, peer=dropped.peer,
                         transport=dropped.transport, size=dropped.size, suppressed=held)
