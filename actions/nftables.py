@@ -34,7 +34,9 @@ def load_libnftables() -> Any:
     try:
         import nftables  # type: ignore[import-not-found]
     except ImportError:
-        raise BackendUnavailable(f"the nftables Python bindings are missing: {_INSTALL_HINT}") from None
+        raise BackendUnavailable(
+            f"the nftables Python bindings are missing: {_INSTALL_HINT}"
+        ) from None
     try:
         nft = nftables.Nftables()
     except OSError as exc:
@@ -45,6 +47,10 @@ def load_libnftables() -> Any:
 
 class NftablesError(Exception):
     pass
+
+
+def _match(left: dict[str, Any], right: Any) -> dict[str, Any]:
+    return {"match": {"op": "==", "left": left, "right": right}}
 
 
 class NftablesSet:
@@ -88,16 +94,12 @@ class NftablesSet:
     def _rules(self) -> list[dict[str, Any]]:
         rules = []
         for proto, name in (("ip", self.set4), ("ip6", self.set6)):
-            expr: list[dict[str, Any]] = [
-                {"match": {"op": "==", "left": {"payload": {"protocol": proto, "field": "saddr"}},
-                           "right": f"@{name}"}},
-            ]
+            expr = [_match({"payload": {"protocol": proto, "field": "saddr"}}, f"@{name}")]
             if self.ports:
                 expr += [
-                    {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}},
-                               "right": {"set": ["tcp", "udp"]}}},
-                    {"match": {"op": "==", "left": {"payload": {"protocol": "th", "field": "dport"}},
-                               "right": {"set": list(self.ports)}}},
+                    _match({"meta": {"key": "l4proto"}}, {"set": ["tcp", "udp"]}),
+                    _match({"payload": {"protocol": "th", "field": "dport"}},
+                           {"set": list(self.ports)}),
                 ]
             expr += [{"counter": None}, {"drop": None}]
             rules.append(expr)

@@ -12,6 +12,8 @@ from bansink.actions.dryrun import DryRunBackend
 from bansink.actions.nftables import NftablesError, NftablesSet
 
 from .config import DEFAULT_PATH, Config, ConfigError, load_config
+from .daemon import ListenError, serve
+from .logs import configure_logging
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -35,9 +37,6 @@ def nftables_backend(config: Config) -> NftablesSet:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .daemon import serve
-    from .logs import configure_logging
-
     config = _config(args.config)
     configure_logging(config.log.format, config.log.level)
     backend: BanBackend = DryRunBackend() if args.dry_run else nftables_backend(config)
@@ -93,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc))
     except NftablesError as exc:
         return _fail(f"nftables: {exc}")
-    except OSError as exc:  # e.g. a listen address in use or not on this host
+    except ListenError as exc:
         return _fail(str(exc))
 
 

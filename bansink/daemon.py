@@ -28,6 +28,10 @@ log = structlog.get_logger("bansink")
 STATS_INTERVAL = 60.0
 
 
+class ListenError(Exception):
+    """A configured listen address cannot be bound (in use, not on this host, no privilege)."""
+
+
 class Throttle:
     """At most one log line per key per `interval` seconds; counts what it held back."""
 
@@ -204,10 +208,15 @@ async def serve(config: Config, backend: BanBackend, stop: asyncio.Event | None 
     ]
     try:
         for listener in listeners:
-            await listener.start()
+            transport = "udp" if isinstance(listener, UdpListener) else "tcp"
+            try:
+                await listener.start()
+            except OSError as exc:
+                where = f"[{listener.host}]" if ":" in listener.host else listener.host
+                raise ListenError(f"cannot listen on {transport} {where}:{listener.port}: "
+                                  f"{exc.strerror or exc}") from None
             host, port = listener.address
-            log.info("listening", transport="udp" if isinstance(listener, UdpListener) else "tcp",
-                     address=host, port=port)
+            log.info("listening", transport=transport, address=host, port=port)
         log.info("started", senders=rc.senders, maxretry=config.jail.maxretry,
                  findtime=config.jail.findtime, bantime=config.jail.bantime)
         expiry_every = min(config.jail.findtime / 4, 30.0)

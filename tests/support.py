@@ -129,13 +129,15 @@ def namespaces(*roles: str) -> Iterator[list[Netns]]:
 class Daemon:
     """`bansink run` as a real process in a namespace, its JSON log lines readable."""
 
-    def __init__(self, ns: Netns, config: str, tmp: Path, *args: str) -> None:
+    def __init__(self, ns: Netns, config: str, tmp: Path, *args: str,
+                 prefix: tuple[str, ...] = ()) -> None:
         self.config_path = tmp / "bansink.toml"
         self.config_path.write_text(config)
         self.log_path = tmp / "bansink.log"
         self._log = self.log_path.open("wb")
-        self.proc = ns.popen(str(BIN / "bansink"), "run", "--config", str(self.config_path), *args,
-                             stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = ns.popen(*prefix, str(BIN / "bansink"), "run", "--config",
+                             str(self.config_path), *args, stdout=self._log,
+                             stderr=subprocess.STDOUT)
         wait_until(lambda: self.proc.poll() is not None or self.lines("started"), 15,
                    "bansink to start")
         assert self.proc.poll() is None, self.log_path.read_text()

@@ -2,9 +2,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support import BIN
 
 from bansink.config import Config, ConfigError, load_config, parse_config
+
+from support import BIN
 
 EXAMPLE = Path(__file__).parent.parent / "deploy" / "bansink.toml"
 
@@ -70,6 +71,7 @@ def test_check_config_cli(tmp_path):
     broken = tmp_path / "broken.toml"
     broken.write_text("[jail\n")
     result = check_config(broken)
-    assert result.returncode == 2 and "not valid TOML" in result.stderr and "line 1" in result.stderr
+    assert result.returncode == 2
+    assert "not valid TOML" in result.stderr and "line 1" in result.stderr
     result = check_config(tmp_path / "missing.toml")
     assert result.returncode == 2 and "no such file" in result.stderr

@@ -3,11 +3,12 @@
 from ipaddress import ip_address
 
 import pytest
-from support import Netns, namespaces
 
 from bansink.actions.backend import BackendUnavailable
 from bansink.actions.nftables import NftablesSet, load_libnftables
 from bansink.engine.jail import BanDecision
+
+from support import Netns, namespaces
 
 
 def ban(ip: str, bantime: float = 600) -> BanDecision:

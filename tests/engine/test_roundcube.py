@@ -88,7 +88,8 @@ def test_lines_that_break_the_grammar_are_malformed_never_guessed(text):
 
 
 def test_file_sink_user_name_cannot_forge_the_positional_ip():
-    text = '2026-08-22T10:00:00Z 203.0.113.7 Login failed: host="h", user="a 198.51.100.9 Login", code=0'
+    text = ('2026-08-22T10:00:00Z 203.0.113.7 Login failed: host="h", '
+            'user="a 198.51.100.9 Login", code=0')
     assert event(text).client_chain == ("203.0.113.7",)
 
 

@@ -1,4 +1,5 @@
 import pytest
+
 from lab import make_lab
 
 

@@ -5,6 +5,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from lab import CLIENT4, CLIENT6, PORT, PROXY4, PROXY4_ATK, PROXY6, Lab
 from support import Netns, wait_until
 
