@@ -193,6 +193,7 @@ async def serve(config: Config, backend: BanBackend, stop: asyncio.Event | None 
     await enforcer.setup()
     pipeline = build_pipeline(config)
     intake = Intake(pipeline, enforcer)
+    loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("stats", **intake.stats()))
     admit = sender_admission(NetworkSet(config.receiver.senders))
     rc = config.receiver
     listeners: list[UdpListener | TcpListener] = [

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class EventKind(StrEnum):
     LOGIN_FAILED = "login_failed"
 
 
-@dataclass(frozen=True, slots=True)
-class SecurityEvent:
+class SecurityEvent(NamedTuple):
+    """A NamedTuple for the same reason as SyslogMessage: immutable and cheap to build."""
+
     kind: EventKind
     service: str
     """The application that reported it, e.g. "roundcube"."""

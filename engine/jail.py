@@ -45,40 +45,47 @@ class BanDecision:
 class Jail:
     def __init__(self, settings: JailSettings) -> None:
         self.settings = settings
-        # address -> monotonic times of its failures inside the window, oldest first. The dict is
-        # ordered by each address's latest failure, so expiry and eviction pop from the front.
-        self._failures: OrderedDict[IPAddress, list[float]] = OrderedDict()
+        # address -> monotonic time of its failure (one failure, the common case), or a tuple of
+        # them, oldest first. Floats and tuples of floats are not followed by the cyclic GC and
+        # are small: this keeps a million tracked addresses cheap. The dict is ordered by each
+        # address's latest failure, so expiry and eviction pop from the front.
+        self._failures: OrderedDict[IPAddress, float | tuple[float, ...]] = OrderedDict()
         self.evicted = 0
 
     @property
     def tracked(self) -> int:
         return len(self._failures)
 
+    def _times(self, ip: IPAddress) -> tuple[float, ...]:
+        times = self._failures.get(ip, ())
+        return times if isinstance(times, tuple) else (times,)
+
     def failures_of(self, ip: IPAddress, now: float) -> int:
-        times = self._failures.get(ip)
-        if times is None:
-            return 0
         horizon = now - self.settings.findtime
-        return sum(1 for t in times if t > horizon)
+        return sum(1 for t in self._times(ip) if t > horizon)
 
     def observe(self, ip: IPAddress, now: float) -> BanDecision | None:
         """Record one failure of `ip` at `now`; return a ban when it crosses `maxretry`."""
         s = self.settings
         failures = self._failures
-        times = failures.pop(ip, None)
-        if times is None:
-            if len(failures) >= s.max_tracked:
-                failures.popitem(last=False)
-                self.evicted += 1
-            times = [now]
+        before = failures.pop(ip, None)
+        if before is None:
+            if s.maxretry > 1:
+                if len(failures) >= s.max_tracked:
+                    failures.popitem(last=False)
+                    self.evicted += 1
+                failures[ip] = now
+                return None
+            times: tuple[float, ...] = (now,)
         else:
             horizon = now - s.findtime
-            if times[0] <= horizon:
-                times = [t for t in times if t > horizon]
-            times.append(now)
+            if isinstance(before, tuple):
+                times = (*(t for t in before if t > horizon), now)
+            else:
+                times = (before, now) if before > horizon else (now,)
         if len(times) >= s.maxretry:
             return BanDecision(ip, s.name, len(times), s.bantime, now)
-        failures[ip] = times
+        failures[ip] = times[0] if len(times) == 1 else times
         return None
 
     def expire(self, now: float) -> int:
@@ -88,7 +95,8 @@ class Jail:
         dropped = 0
         while failures:
             ip, times = next(iter(failures.items()))
-            if times[-1] > horizon:
+            latest = times[-1] if isinstance(times, tuple) else times
+            if latest > horizon:
                 break
             del failures[ip]
             dropped += 1
@@ -99,4 +107,5 @@ class Jail:
         if not self._failures:
             return None
         times = next(iter(self._failures.values()))
-        return times[-1] + self.settings.findtime
+        latest = times[-1] if isinstance(times, tuple) else times
+        return latest + self.settings.findtime

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from bansink.receiver.syslog import SyslogMessage
 
@@ -24,8 +25,15 @@ class Protections:
     trusted_proxies: NetworkSet
     ignoreip: NetworkSet
     senders: NetworkSet
+    any: NetworkSet = field(init=False)
+    """All three at once: one membership test for the common, unprotected case."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "any", self.trusted_proxies | self.ignoreip | self.senders)
 
     def reason(self, ip: IPAddress) -> str | None:
+        if ip not in self.any:
+            return None
         if ip in self.trusted_proxies:
             return "trusted_proxy"
         if ip in self.ignoreip:
@@ -35,20 +43,18 @@ class Protections:
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class Banned:
+# Outcomes are NamedTuples: one is built per message (see receiver.syslog.SyslogMessage).
+class Banned(NamedTuple):
     decision: BanDecision
     event: SecurityEvent
 
 
-@dataclass(frozen=True, slots=True)
-class Counted:
+class Counted(NamedTuple):
     ip: IPAddress
     event: SecurityEvent
 
 
-@dataclass(frozen=True, slots=True)
-class Ignored:
+class Ignored(NamedTuple):
     reason: str
     """unresolvable, trusted_proxy, ignoreip or sender"""
     event: SecurityEvent

@@ -24,7 +24,9 @@ SERVICE = "roundcube"
 _SYSLOG_PREFIX = "Login failed: "
 _FILE_MARK = " Login failed: "
 
-_PAIR = re.compile(r'([a-z_][a-z0-9_]{0,63})=(?:"([^"]*)"|([^",\s]+))')
+_PAIR = r'([a-z_][a-z0-9_]{0,63})=(?:"([^"]*)"|([^",\s]+))'
+_PAIRS = re.compile(_PAIR)
+_PAIR_LIST = re.compile(f"{_PAIR}(?:, {_PAIR})*")
 _FILE_LINE = re.compile(
     r"(\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d{1,9})?(?:Z|[+-]\d\d:?\d\d)?) (\S+) Login failed: "
 )
@@ -33,24 +35,19 @@ _ADDRESS_KEYS = ("client_ip", "forwarded_for")
 
 
 def parse_pairs(text: str) -> dict[str, str] | str:
-    """Parse `key="text", key=123, …` exactly; return the pairs, or the reason it is malformed."""
-    pairs: dict[str, str] = {}
-    pos, end = 0, len(text)
-    while True:
-        m = _PAIR.match(text, pos)
-        if m is None:
-            return f"expected key=value at offset {pos}"
-        key = m.group(1)
-        if key in pairs:
-            return f"duplicate key {key!r}"
-        quoted = m.group(2)
-        pairs[key] = quoted if quoted is not None else m.group(3)
-        pos = m.end()
-        if pos == end:
-            return pairs
-        if not text.startswith(", ", pos):
-            return f"expected ', ' at offset {pos}"
-        pos += 2
+    """Parse `key="text", key=123, …` exactly; return the pairs, or the reason it is malformed.
+
+    The whole text must match the grammar first; only then are the pairs read out, left to
+    right, which on validated text splits exactly where the grammar does (a quoted value cannot
+    contain a double quote, and a key cannot start at ", ").
+    """
+    if _PAIR_LIST.fullmatch(text) is None:
+        return "data fields do not follow key=value, key=\"text\", ..."
+    found = _PAIRS.findall(text)
+    pairs = {key: quoted or bare for key, quoted, bare in found}
+    if len(pairs) != len(found):
+        return "a key is given twice"
+    return pairs
 
 
 def _forwarded(pairs: dict[str, str]) -> tuple[str, ...]:
@@ -84,13 +81,5 @@ def roundcube_event(message: SyslogMessage) -> SecurityEvent | NotMatched | Malf
         occurred_at = line.group(1)
     else:
         return NOT_MATCHED
-    return SecurityEvent(
-        kind=EventKind.LOGIN_FAILED,
-        service=SERVICE,
-        client_chain=chain,
-        user=pairs.get("user"),
-        target_host=pairs.get("host"),
-        occurred_at=occurred_at,
-        sender=message.peer,
-        raw=text,
-    )
+    return SecurityEvent(EventKind.LOGIN_FAILED, SERVICE, chain, pairs.get("user"),
+                         pairs.get("host"), occurred_at, message.peer, text)

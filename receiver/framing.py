@@ -15,6 +15,7 @@ event and the framer resynchronises (after the counted octets, or at the next LF
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -48,7 +49,7 @@ CLOSED: Final = _Sentinel("CLOSED")
 
 FramerEvent = SyslogFrame | FrameDropped | _Sentinel
 
-_MAX_COUNT_DIGITS = 10
+_COUNT = re.compile(rb"[0-9]{1,10}")
 _DIGITS = frozenset(b"0123456789")
 
 
@@ -120,10 +121,9 @@ class Rfc6587Framer:
 
     def _maybe_octet_counted(self, buf: bytearray, pos: int, end: int) -> FramerEvent | None:
         """Return a frame, a drop, NEED_DATA, or None when this is not a counted frame."""
-        digits_end = pos
-        limit = min(end, pos + _MAX_COUNT_DIGITS)
-        while digits_end < limit and buf[digits_end] in _DIGITS:
-            digits_end += 1
+        digits = _COUNT.match(buf, pos)
+        assert digits is not None  # the caller saw a digit at pos
+        digits_end = digits.end()
         if digits_end >= end:
             return None if self._eof else NEED_DATA
         if buf[digits_end] != 0x20:  # not `MSG-LEN SP`: an LF frame that starts with a digit

