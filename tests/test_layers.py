@@ -13,13 +13,19 @@ CORES = ["receiver/syslog.py", "receiver/framing.py", "receiver/intake.py",
          *(str(p.relative_to(ROOT)) for p in (ROOT / "engine").glob("*.py"))]
 
 
+# pure functions a core may take from an I/O module
+PURE = {("socket", "inet_pton"), ("socket", "AF_INET"), ("socket", "AF_INET6")}
+
+
 def imported(path: Path) -> set[str]:
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
+            module = node.module.split(".")[0]
+            if any((module, a.name) not in PURE for a in node.names):
+                names.add(module)
     return names
 
 
