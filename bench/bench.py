@@ -163,6 +163,7 @@ def udp_phase(b: Bench, count: int, rate: int) -> dict:
                          "received": got, "lost": count - got,
                          "loss_pct": round(100 * (count - got) / count, 2)}
     sock.close()
+    result["peak_rss_mib"] = round(b.rss_mib()[1])
     b.stop()
     return result
 
