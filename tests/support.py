@@ -158,3 +158,17 @@ class Daemon:
         code = self.proc.wait(10)
         self._log.close()
         return code
+
+
+class Recorder:
+    """A receiver Intake that keeps what the listeners deliver."""
+
+    def __init__(self) -> None:
+        self.messages: list = []
+        self.drops: list = []
+
+    def on_message(self, message, transport: str) -> None:
+        self.messages.append(message)
+
+    def on_drop(self, dropped) -> None:
+        self.drops.append(dropped)

@@ -2,21 +2,10 @@
 
 import asyncio
 
-from bansink.receiver.intake import Dropped
 from bansink.receiver.syslog import SyslogMessage
 from bansink.receiver.tcp import TcpListener
 
-
-class Recorder:
-    def __init__(self) -> None:
-        self.messages: list = []
-        self.drops: list[Dropped] = []
-
-    def on_message(self, message, transport):
-        self.messages.append(message)
-
-    def on_drop(self, dropped):
-        self.drops.append(dropped)
+from support import Recorder
 
 
 def admit_loopback(address: str) -> str | None:

@@ -1,0 +1,42 @@
+"""The UDP listener (asyncio-dgram) with real datagrams on loopback."""
+
+import asyncio
+import socket
+
+from bansink.receiver.syslog import MalformedSyslog, SyslogMessage
+from bansink.receiver.udp import UdpListener
+
+from support import Recorder
+
+
+def run(admit, datagrams: list[bytes], expect: int) -> Recorder:
+    async def scenario():
+        rec = Recorder()
+        lst = UdpListener("127.0.0.1", 0, admit=admit, intake=rec, max_message_size=512,
+                          receive_buffer=1 << 20)
+        await lst.start()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for d in datagrams:
+                s.sendto(d, lst.address)
+        for _ in range(500):
+            if len(rec.messages) + len(rec.drops) >= expect:
+                break
+            await asyncio.sleep(0.01)
+        await lst.stop()
+        return rec
+
+    return asyncio.run(scenario())
+
+
+def test_messages_malformed_and_oversized_datagrams():
+    rec = run(lambda a: a, [b"<13>Nov 21 10:00:00 h app: one", b"x" * 600, b"not syslog",
+                            b"<13>1 - h app - - - two\n"], expect=4)
+    assert [type(m) for m in rec.messages] == [SyslogMessage, MalformedSyslog, SyslogMessage]
+    assert [m.msg for m in rec.messages if isinstance(m, SyslogMessage)] == ["one", "two"]
+    assert [(d.reason, d.size, d.transport) for d in rec.drops] == [("oversized", 600, "udp")]
+
+
+def test_datagrams_from_senders_not_allowed_are_dropped_unparsed():
+    rec = run(lambda a: None, [b"<13>Nov 21 10:00:00 h app: one"] * 3, expect=3)
+    assert rec.messages == []
+    assert [(d.reason, d.peer) for d in rec.drops] == [("sender_not_allowed", "127.0.0.1")] * 3
