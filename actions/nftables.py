@@ -189,16 +189,3 @@ class NftablesSet:
             except (NftablesError, BackendUnavailable) as exc:
                 return CommitResult(bans, error=f"{first}; after re-creating the table: {exc}")
         return CommitResult(bans)
-
-    def elements(self) -> dict[str, int | None]:
-        """Current members of both sets with their remaining seconds (for checks and tests)."""
-        found: dict[str, int | None] = {}
-        for name in (self.set4, self.set6):
-            listed = self._run([{"list": {"set": self._ref(name=name)}}])
-            for item in listed["nftables"]:
-                for elem in item.get("set", {}).get("elem", []):
-                    if isinstance(elem, dict) and "elem" in elem:
-                        found[str(elem["elem"]["val"])] = elem["elem"].get("expires")
-                    else:
-                        found[str(elem)] = None
-        return found

@@ -101,11 +101,3 @@ class Jail:
             del failures[ip]
             dropped += 1
         return dropped
-
-    def next_deadline(self) -> float | None:
-        """When the oldest tracked address leaves the window (for the daemon's expiry timer)."""
-        if not self._failures:
-            return None
-        times = next(iter(self._failures.values()))
-        latest = times[-1] if isinstance(times, tuple) else times
-        return latest + self.settings.findtime

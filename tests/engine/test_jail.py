@@ -46,14 +46,15 @@ def test_a_ban_resets_the_count():
     assert j.observe(A, 3) is None
 
 
-def test_expire_forgets_quiet_addresses_and_next_deadline_tracks_the_oldest():
+def test_expire_forgets_addresses_whose_latest_failure_left_the_window():
     j = jail()
     j.observe(A, 0.0)
     j.observe(B, 20.0)
-    assert j.next_deadline() == 60.0
+    j.observe(B, 30.0)
     assert j.expire(59.0) == 0
     assert j.expire(60.0) == 1
-    assert j.tracked == 1 and j.next_deadline() == 80.0
+    assert j.tracked == 1 and j.failures_of(B, 60.0) == 2
+    assert j.expire(90.0) == 1 and j.tracked == 0
 
 
 def test_tracked_addresses_are_capped_oldest_first():
