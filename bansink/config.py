@@ -99,7 +99,8 @@ class JailConfig(_Section):
 
 
 class NftablesConfig(_Section):
-    family: Literal["inet", "ip", "ip6"] = "inet"
+    family: Literal["inet"] = "inet"
+    """Only inet: one table serves IPv4 and IPv6."""
     table: str = Field("bansink", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
     set4: str = Field("ban4", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
     set6: str = Field("ban6", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
