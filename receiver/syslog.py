@@ -35,6 +35,8 @@ class SyslogMessage(NamedTuple):
     """The address the bytes came from (the transport's peer), not anything the text claims."""
     received_at: float
     """Wall-clock receive time, seconds since the epoch."""
+    raw: bytes
+    """The message as received (for the journal and audit)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +108,7 @@ def parse_syslog(raw: bytes, *, peer: str, received_at: float) -> SyslogMessage 
         return SyslogMessage(
             facility, severity, "rfc5424", _dash_none(ts), _dash_none(host), _dash_none(app),
             _dash_none(procid), _dash_none(msgid), _dash_none(sd),
-            _unescape_control(msg) if "#" in msg else msg, peer, received_at,
+            _unescape_control(msg) if "#" in msg else msg, peer, received_at, raw,
         )
     m = _RFC3164.fullmatch(text, gt + 1)
     if m is None:
@@ -114,5 +116,5 @@ def parse_syslog(raw: bytes, *, peer: str, received_at: float) -> SyslogMessage 
     ts, host, tag, procid, msg = m.groups()
     return SyslogMessage(
         facility, severity, "rfc3164", ts, host, tag, procid or None, None, None,
-        _unescape_control(msg) if "#" in msg else msg, peer, received_at,
+        _unescape_control(msg) if "#" in msg else msg, peer, received_at, raw,
     )

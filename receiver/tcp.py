@@ -14,7 +14,10 @@ from .intake import Admit, Dropped, Intake
 from .syslog import parse_syslog
 
 
-class TcpListener:
+class StreamListener:
+    """A TCP (or TLS) server whose connections are admitted, capped and timed out alike; what
+    a connection does with its bytes is the `stream` class's business."""
+
     def __init__(
         self,
         host: str,
@@ -38,8 +41,10 @@ class TcpListener:
         self.transport_name = transport_name
         self._ssl = ssl_context
         self.connections: Counter[str] = Counter()
-        self._open: set[_SyslogStream] = set()
+        self._open: set[AdmittedStream] = set()
         self._server: asyncio.Server | None = None
+
+    stream: type[AdmittedStream]
 
     @property
     def address(self) -> tuple[str, int]:
@@ -49,7 +54,7 @@ class TcpListener:
     async def start(self) -> None:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: _SyslogStream(self), self.host, self.port, family=family,
+            lambda: self.stream(self), self.host, self.port, family=family,
             reuse_address=True, ssl=self._ssl, backlog=256,
         )
 
@@ -57,7 +62,7 @@ class TcpListener:
         if self._server is not None:
             self._server.close()
         for stream in list(self._open):
-            stream.close()
+            stream.shutdown()
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -65,12 +70,13 @@ class TcpListener:
         self.intake.on_drop(Dropped(reason, peer, self.transport_name, size))
 
 
-class _SyslogStream(asyncio.Protocol):
-    def __init__(self, listener: TcpListener) -> None:
+class AdmittedStream(asyncio.Protocol):
+    """Admission, caps and the idle timer; subclasses implement `received` and `ended`."""
+
+    def __init__(self, listener: StreamListener) -> None:
         self.listener = listener
         self.transport: asyncio.Transport | None = None
         self.peer: str | None = None
-        self.framer = Rfc6587Framer(max_frame_size=listener.max_message_size)
         self.last_activity = 0.0
         self.timer: asyncio.TimerHandle | None = None
 
@@ -113,14 +119,49 @@ class _SyslogStream(asyncio.Protocol):
         if self.peer is None:
             return
         self.last_activity = asyncio.get_running_loop().time()
-        self.framer.receive_data(data)
-        self._drain()
+        self.received(data)
 
     def eof_received(self) -> bool:
         if self.peer is not None:
-            self.framer.receive_data(b"")
-            self._drain()
+            self.ended()
         return False
+
+    def received(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def ended(self) -> None:
+        raise NotImplementedError
+
+    def shutdown(self) -> None:
+        """The daemon is stopping (RELP says goodbye first)."""
+        self.close()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.peer is not None and self in self.listener._open:
+            self.listener._open.discard(self)
+            self.listener.connections[self.peer] -= 1
+            if not self.listener.connections[self.peer]:
+                del self.listener.connections[self.peer]
+
+
+class _SyslogStream(AdmittedStream):
+    def __init__(self, listener: StreamListener) -> None:
+        super().__init__(listener)
+        self.framer = Rfc6587Framer(max_frame_size=listener.max_message_size)
+
+    def received(self, data: bytes) -> None:
+        self.framer.receive_data(data)
+        self._drain()
+
+    def ended(self) -> None:
+        self.framer.receive_data(b"")
+        self._drain()
 
     def _drain(self) -> None:
         framer, lst, peer = self.framer, self.listener, self.peer
@@ -137,15 +178,8 @@ class _SyslogStream(asyncio.Protocol):
             elif event is NEED_DATA or event is CLOSED:
                 return
 
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        if self.peer is not None and self in self.listener._open:
-            self.listener._open.discard(self)
-            self.listener.connections[self.peer] -= 1
-            if not self.listener.connections[self.peer]:
-                del self.listener.connections[self.peer]
+class TcpListener(StreamListener):
+    """Syslog over TCP (RFC 6587 framing), or over TLS (RFC 5425) with an ssl_context."""
+
+    stream = _SyslogStream

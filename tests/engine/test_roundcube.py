@@ -9,7 +9,7 @@ def message(text: str) -> SyslogMessage:
     return SyslogMessage(
         facility=10, severity=4, format="rfc3164", timestamp="Aug 22 10:00:00", hostname="webmail",
         app_name="roundcube", procid=None, msgid=None, structured_data=None, msg=text,
-        peer="192.0.2.2", received_at=1.0,
+        peer="192.0.2.2", received_at=1.0, raw=text.encode(),
     )
 
 
