@@ -6,12 +6,11 @@ import asyncio
 import signal
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import structlog
 
-from bansink.actions.backend import BanBackend
+from bansink.actions.backend import BanBackend, CommitResult
 from bansink.engine.addresses import NetworkSet, parse_address
 from bansink.engine.events import MalformedEvent
 from bansink.engine.jail import BanDecision, JailSettings
@@ -21,6 +20,7 @@ from bansink.receiver.syslog import MalformedSyslog, SyslogMessage
 from bansink.receiver.tcp import TcpListener
 from bansink.receiver.udp import UdpListener
 
+from .batching import TickBatcher
 from .config import Config
 
 log = structlog.get_logger("bansink")
@@ -56,50 +56,38 @@ class Enforcer:
     """Batches ban decisions and commits them to the backend, one transaction per tick."""
 
     def __init__(self, backend: BanBackend, interval: float) -> None:
-        self.backend, self.interval = backend, interval
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="bansink-nft")
-        self._queued: list[BanDecision] = []
-        self._flush: asyncio.Task[None] | None = None
+        self.backend = backend
+        self._batcher: TickBatcher[BanDecision, CommitResult] = TickBatcher(
+            interval, self._commit, self._report, "nft")
         self.bans = 0
         self.errors = 0
 
     async def setup(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self.backend.setup)
+        await self._batcher.run_blocking(self.backend.setup)
 
     def ban(self, decision: BanDecision) -> None:
-        self._queued.append(decision)
-        if self._flush is None:
-            self._flush = asyncio.get_running_loop().create_task(self._flush_soon())
+        self._batcher.put(decision)
 
-    async def _flush_soon(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while self._queued:
-                await asyncio.sleep(self.interval)  # gather what arrives in the same tick
-                batch, self._queued = self._queued, []
-                for decision in batch:
-                    self.backend.add(decision)
-                result = await loop.run_in_executor(self._executor, self.backend.commit)
-                self._report(result.bans, result.error, loop.time())
-        finally:
-            self._flush = None
+    def _commit(self, batch: list[BanDecision]) -> CommitResult:
+        for decision in batch:
+            self.backend.add(decision)
+        return self.backend.commit()
 
-    def _report(self, bans: tuple[BanDecision, ...], error: str | None, now: float) -> None:
-        wall = time.time()
-        if error is not None:
+    def _report(self, batch: list[BanDecision], result: CommitResult | Exception) -> None:
+        now, wall = asyncio.get_running_loop().time(), time.time()
+        if isinstance(result, Exception) or result.error is not None:
             self.errors += 1
-            log.error("ban_failed", ips=[str(b.ip) for b in bans], error=error)
+            error = result.error if isinstance(result, CommitResult) else repr(result)
+            log.error("ban_failed", ips=[str(b.ip) for b in batch], error=error)
             return
-        for b in bans:
+        for b in result.bans:
             self.bans += 1
             until = datetime.fromtimestamp(wall + b.bantime, UTC).isoformat(timespec="seconds")
             log.info("ban", ip=str(b.ip), jail=b.jail, count=b.failures, bantime=b.bantime,
                      until=until, latency_ms=round((now - b.decided_at) * 1000, 1))
 
     async def close(self) -> None:
-        if self._flush is not None:
-            await self._flush
-        self._executor.shutdown(wait=True)
+        await self._batcher.close()
 
 
 class Intake:

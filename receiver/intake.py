@@ -19,10 +19,17 @@ class Dropped:
     peer: str
     transport: str
     size: int = 0
+    detail: str = ""
+    """Specifics for the log line (counted by `reason` only)."""
 
 
 class Intake(Protocol):
     def on_message(self, message: SyslogMessage | MalformedSyslog, transport: str) -> None: ...
+
+    def on_reliable_message(self, message: SyslogMessage | MalformedSyslog, transport: str,
+                            done: Callable[[], None]) -> None:
+        """Like on_message, for a sender waiting for an acknowledgement: call `done` once the
+        message is safe (durable, or needs no keeping), never before."""
 
     def on_drop(self, dropped: Dropped) -> None: ...
 

@@ -66,8 +66,8 @@ class StreamListener:
         if self._server is not None:
             await self._server.wait_closed()
 
-    def drop(self, reason: str, peer: str, size: int = 0) -> None:
-        self.intake.on_drop(Dropped(reason, peer, self.transport_name, size))
+    def drop(self, reason: str, peer: str, size: int = 0, detail: str = "") -> None:
+        self.intake.on_drop(Dropped(reason, peer, self.transport_name, size, detail))
 
 
 class AdmittedStream(asyncio.Protocol):

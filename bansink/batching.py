@@ -1,0 +1,54 @@
+"""Collect items for one short tick, then hand the batch to blocking work on its own thread."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class TickBatcher(Generic[T, R]):
+    """`put` is cheap and synchronous. `interval` seconds after the first item of a batch,
+    `work(batch)` runs on a dedicated thread (one batch at a time, in order), then
+    `done(batch, result)` runs on the event loop; an exception from `work` is passed as the
+    result. Items that arrive while a batch is being worked on form the next batch."""
+
+    def __init__(self, interval: float, work: Callable[[list[T]], R],
+                 done: Callable[[list[T], R | Exception], None], name: str) -> None:
+        self.interval, self.work, self.done = interval, work, done
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"bansink-{name}")
+        self._items: list[T] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def put(self, item: T) -> None:
+        self._items.append(item)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def run_blocking(self, fn: Callable[[], R]) -> R:
+        """Run other blocking work on the same thread (e.g. setup), in order with the batches."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._items:
+                await asyncio.sleep(self.interval)  # gather what arrives in the same tick
+                batch, self._items = self._items, []
+                try:
+                    result: R | Exception = await loop.run_in_executor(
+                        self.executor, self.work, batch)
+                except Exception as exc:
+                    result = exc
+                self.done(batch, result)
+        finally:
+            self._task = None
+
+    async def close(self) -> None:
+        if self._task is not None:
+            await self._task
+        self.executor.shutdown(wait=True)

@@ -1,0 +1,84 @@
+"""RELP over TCP (or TLS from the first byte, as rsyslog's `tls="on"` speaks it): a thin asyncio
+adapter around RelpSession. A syslog frame is answered only when the intake says it is durable."""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+
+from .relp import (
+    CLOSED,
+    NEED_DATA,
+    SERVERCLOSE,
+    RelpProtocolError,
+    RelpRejected,
+    RelpSession,
+    RelpSyslog,
+)
+from .syslog import parse_syslog
+from .tcp import AdmittedStream, StreamListener
+
+# Unanswered frames per connection before reading pauses (omrelp's window is 128 by default).
+MAX_UNANSWERED = 1024
+
+
+class _RelpStream(AdmittedStream):
+    def __init__(self, listener: StreamListener) -> None:
+        super().__init__(listener)
+        self.session = RelpSession(max_frame_size=listener.max_message_size)
+        self.paused = False
+
+    def received(self, data: bytes) -> None:
+        self.session.receive_data(data)
+        self._drain()
+
+    def ended(self) -> None:
+        self.session.receive_data(b"")
+        self._drain()
+
+    def _drain(self) -> None:
+        lst, peer, session = self.listener, self.peer, self.session
+        assert peer is not None
+        received_at = time.time()
+        try:
+            while (event := session.next_event()) is not NEED_DATA and event is not CLOSED:
+                if type(event) is RelpSyslog:
+                    message = parse_syslog(event.message, peer=peer, received_at=received_at)
+                    lst.intake.on_reliable_message(message, lst.transport_name,
+                                                   partial(self._durable, event.txnr))
+                elif type(event) is RelpRejected:
+                    lst.drop("relp_rejected", peer, detail=f"{event.command}: {event.reason}")
+        except RelpProtocolError as exc:
+            lst.drop("relp_framing_error", peer, detail=exc.reason)
+        self._flush()
+        if session.unanswered > MAX_UNANSWERED and self.transport is not None:
+            self.transport.pause_reading()
+            self.paused = True
+
+    def _durable(self, txnr: int) -> None:
+        self.session.ack(txnr)
+        self._flush()
+        if self.paused and self.session.unanswered <= MAX_UNANSWERED // 2:
+            self.paused = False
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    def _flush(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        data = self.session.data_to_send()
+        if data:
+            transport.write(data)
+        if self.session.finished and self.session.unanswered == 0:
+            transport.close()
+
+    def shutdown(self) -> None:
+        """Tell the client this server is going: it resends what is unanswered elsewhere/later."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(self.session.data_to_send() + SERVERCLOSE)
+        self.close()
+
+
+class RelpListener(StreamListener):
+    stream = _RelpStream
