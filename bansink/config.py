@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 DEFAULT_PATH = Path("/etc/bansink/bansink.toml")
 
@@ -79,7 +79,10 @@ class ReceiverConfig(_Section):
     """Only these hosts may send syslog; everything else is dropped (TCP: closed at accept)."""
     udp: list[Listen] = [("127.0.0.1", 514), ("::1", 514)]
     tcp: list[Listen] = [("127.0.0.1", 514), ("::1", 514)]
+    relp: list[Listen] = [("127.0.0.1", 20514), ("::1", 20514)]
     max_message_size: int = Field(8192, ge=480, le=1 << 20)
+    relp_max_frame_size: int = Field(128 * 1024, ge=480, le=16 << 20)
+    """RELP DATALEN limit (librelp's default: 128 KiB); a larger frame closes the session."""
     max_connections: int = Field(1024, ge=1)
     max_connections_per_sender: int = Field(64, ge=1)
     idle_timeout: Duration = 600.0
@@ -111,6 +114,17 @@ class NftablesConfig(_Section):
     commit_interval: Duration = 0.01
 
 
+class JournalConfig(_Section):
+    path: str = "/var/lib/bansink/journal.db"
+    """SQLite file of the messages that counted; "" turns it off (RELP then answers on receipt,
+    without its no-loss guarantee, and counts do not survive a restart)."""
+    commit_interval: Duration = 0.005
+    retention: Duration = 86400.0
+    max_rows: int = Field(1_000_000, ge=1000)
+    relp_dedupe: Duration = 600.0
+    """How long a RELP message's digest is remembered to drop its resends after a reconnect."""
+
+
 class LogConfig(_Section):
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -121,7 +135,15 @@ class Config(_Section):
     engine: EngineConfig = EngineConfig()
     jail: JailConfig = JailConfig()
     nftables: NftablesConfig = NftablesConfig()
+    journal: JournalConfig = JournalConfig()
     log: LogConfig = LogConfig()
+
+    @model_validator(mode="after")
+    def _retention_covers_findtime(self) -> Config:
+        if self.journal.path and self.journal.retention < self.jail.findtime:
+            raise ValueError(f"journal.retention ({self.journal.retention:g}s) must be at least "
+                             f"jail.findtime ({self.jail.findtime:g}s)")
+        return self
 
 
 class ConfigError(Exception):
@@ -141,7 +163,8 @@ def _explain(error: ValidationError, source: str) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"{source}: {_key(e['loc'])}: {msg}")
+        key = _key(e["loc"])
+        lines.append(f"{source}: {key}: {msg}" if key else f"{source}: {msg}")
     return "\n".join(lines)
 
 

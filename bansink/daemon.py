@@ -7,6 +7,7 @@ import signal
 import time
 from collections import Counter
 from datetime import UTC, datetime
+from pathlib import Path
 
 import structlog
 
@@ -14,14 +15,17 @@ from bansink.actions.backend import BanBackend, CommitResult
 from bansink.engine.addresses import NetworkSet, parse_address
 from bansink.engine.events import MalformedEvent
 from bansink.engine.jail import BanDecision, JailSettings
-from bansink.engine.pipeline import Banned, Ignored, Protections, SecurityPipeline
+from bansink.engine.pipeline import Banned, Counted, Ignored, Protections, SecurityPipeline
 from bansink.receiver.intake import Dropped
+from bansink.receiver.relp_listener import RelpListener
 from bansink.receiver.syslog import MalformedSyslog, SyslogMessage
 from bansink.receiver.tcp import TcpListener
 from bansink.receiver.udp import UdpListener
 
 from .batching import TickBatcher
 from .config import Config
+from .durability import Done, JournalWriter, RecentDigests, digest_of, journal_row, replay
+from .journal import Journal
 
 log = structlog.get_logger("bansink")
 
@@ -93,14 +97,26 @@ class Enforcer:
 class Intake:
     """Receives what the listeners deliver, runs it through the pipeline, logs what matters."""
 
-    def __init__(self, pipeline: SecurityPipeline, enforcer: Enforcer) -> None:
-        self.pipeline, self.enforcer = pipeline, enforcer
+    def __init__(self, pipeline: SecurityPipeline, enforcer: Enforcer,
+                 journal: JournalWriter | None, recent: RecentDigests) -> None:
+        self.pipeline, self.enforcer, self.journal = pipeline, enforcer, journal
+        self.recent = recent
         self.received: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
         self.throttle = Throttle()
         self._loop = asyncio.get_running_loop()
 
     def on_message(self, message: SyslogMessage | MalformedSyslog, transport: str) -> None:
+        self._take(message, transport, None)
+
+    def on_reliable_message(self, message: SyslogMessage | MalformedSyslog, transport: str,
+                            done: Done) -> None:
+        self._take(message, transport, done)
+
+    def _take(self, message: SyslogMessage | MalformedSyslog, transport: str,
+              done: Done | None) -> None:
+        """Count, decide, keep. `done` (a RELP ack) runs once the message is durable: after its
+        journal row is committed, or at once when it did not count toward anything."""
         self.received[transport] += 1
         now = self._loop.time()
         if type(message) is MalformedSyslog:
@@ -110,17 +126,33 @@ class Intake:
                 log.warning("malformed_syslog", peer=message.peer, transport=transport,
                             reason=message.reason, raw=message.raw.decode("utf-8", "replace"),
                             suppressed=held)
+            if done is not None:
+                done()
             return
         assert type(message) is SyslogMessage
+        if done is not None and self.recent.seen(digest_of(message), message.received_at):
+            # a resend after a reconnect: answer it once the original is on disk (a barrier)
+            self.drops["relp_resend"] += 1
+            self.journal.put(None, done) if self.journal is not None else done()
+            return
         outcome = self.pipeline.handle(message, now)
-        if type(outcome) is Banned:
-            self.enforcer.ban(outcome.decision)
-        elif type(outcome) is MalformedEvent:
+        kind = type(outcome)
+        if kind is Counted or kind is Banned:
+            if self.journal is not None:
+                self.journal.put(journal_row(message, transport), done)
+            elif done is not None:
+                done()
+            if kind is Banned:
+                self.enforcer.ban(outcome.decision)  # type: ignore[union-attr]
+            return
+        if done is not None:
+            done()
+        if kind is MalformedEvent:
             held = self.throttle.allow(("malformed_event", message.peer), now)
             if held is not None:
                 log.warning("malformed_event", peer=message.peer, reason=outcome.reason,
                             raw=outcome.raw[:200], suppressed=held)
-        elif type(outcome) is Ignored and outcome.reason != "unresolvable":
+        elif kind is Ignored and outcome.reason != "unresolvable":
             held = self.throttle.allow(("protected", outcome.reason), now)
             if held is not None:
                 log.info("not_banned", reason=outcome.reason, chain=outcome.event.client_chain,
@@ -132,7 +164,8 @@ class Intake:
         held = self.throttle.allow(key, self._loop.time())
         if held is not None:
             log.warning("drop", reason=dropped.reason, peer=dropped.peer,
-                        transport=dropped.transport, size=dropped.size, suppressed=held)
+                        transport=dropped.transport, size=dropped.size, detail=dropped.detail,
+                        suppressed=held)
 
     def stats(self) -> dict[str, object]:
         return {
@@ -143,6 +176,8 @@ class Intake:
             "evicted": self.pipeline.jail.evicted,
             "bans": self.enforcer.bans,
             "ban_errors": self.enforcer.errors,
+            **({"journal_rows": self.journal.rows, "journal_commits": self.journal.commits,
+                "journal_errors": self.journal.errors} if self.journal is not None else {}),
         }
 
 
@@ -171,6 +206,40 @@ def build_pipeline(config: Config) -> SecurityPipeline:
     return SecurityPipeline(jail, protections)
 
 
+def _listeners(config: Config, intake: Intake) -> list[UdpListener | TcpListener | RelpListener]:
+    rc = config.receiver
+    admit = sender_admission(NetworkSet(rc.senders))
+    stream = {"admit": admit, "intake": intake, "max_connections": rc.max_connections,
+              "max_connections_per_sender": rc.max_connections_per_sender,
+              "idle_timeout": rc.idle_timeout}
+    return [
+        *(UdpListener(host, port, admit=admit, intake=intake,
+                      max_message_size=rc.max_message_size, receive_buffer=rc.udp_receive_buffer)
+          for host, port in rc.udp),
+        *(TcpListener(host, port, max_message_size=rc.max_message_size, **stream)
+          for host, port in rc.tcp),
+        *(RelpListener(host, port, max_message_size=rc.relp_max_frame_size,
+                       transport_name="relp", **stream)
+          for host, port in rc.relp),
+    ]
+
+
+async def _replay(journal: JournalWriter, config: Config, pipeline: SecurityPipeline,
+                  recent: RecentDigests, enforcer: Enforcer) -> None:
+    """Rebuild failure counts (and the RELP resend memory) from the journal."""
+    loop = asyncio.get_running_loop()
+    started, wall = loop.time(), time.time()
+    horizon = max(config.jail.findtime, config.journal.relp_dedupe)
+    rows = await journal.run_blocking(lambda: list(journal.journal.replay(wall - horizon)))
+    bans = replay(rows, pipeline, recent, loop.time(), wall,
+                  counts_since=wall - config.jail.findtime)
+    for ban in bans:
+        enforcer.ban(ban)
+    stats = await journal.run_blocking(journal.journal.stats)
+    log.info("replayed", rows=len(rows), bans=len(bans), tracked=pipeline.jail.tracked,
+             seconds=round(loop.time() - started, 3), **stats)
+
+
 async def serve(config: Config, backend: BanBackend, stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or `stop` is set)."""
     loop = asyncio.get_running_loop()
@@ -180,24 +249,20 @@ async def serve(config: Config, backend: BanBackend, stop: asyncio.Event | None 
     enforcer = Enforcer(backend, config.nftables.commit_interval)
     await enforcer.setup()
     pipeline = build_pipeline(config)
-    intake = Intake(pipeline, enforcer)
+    recent = RecentDigests(config.journal.relp_dedupe)
+    journal = None
+    if config.journal.path:
+        jc = config.journal
+        journal = JournalWriter(Journal(Path(jc.path), retention=jc.retention,
+                                        max_rows=jc.max_rows), jc.commit_interval)
+        await journal.open()
+        await _replay(journal, config, pipeline, recent, enforcer)
+    intake = Intake(pipeline, enforcer, journal, recent)
     loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("stats", **intake.stats()))
-    admit = sender_admission(NetworkSet(config.receiver.senders))
-    rc = config.receiver
-    listeners: list[UdpListener | TcpListener] = [
-        UdpListener(host, port, admit=admit, intake=intake, max_message_size=rc.max_message_size,
-                    receive_buffer=rc.udp_receive_buffer)
-        for host, port in rc.udp
-    ] + [
-        TcpListener(host, port, admit=admit, intake=intake, max_message_size=rc.max_message_size,
-                    max_connections=rc.max_connections,
-                    max_connections_per_sender=rc.max_connections_per_sender,
-                    idle_timeout=rc.idle_timeout)
-        for host, port in rc.tcp
-    ]
+    listeners = _listeners(config, intake)
     try:
         for listener in listeners:
-            transport = "udp" if isinstance(listener, UdpListener) else "tcp"
+            transport = getattr(listener, "transport_name", "udp")
             try:
                 await listener.start()
             except OSError as exc:
@@ -206,16 +271,18 @@ async def serve(config: Config, backend: BanBackend, stop: asyncio.Event | None 
                                   f"{exc.strerror or exc}") from None
             host, port = listener.address
             log.info("listening", transport=transport, address=host, port=port)
-        log.info("started", senders=rc.senders, maxretry=config.jail.maxretry,
+        log.info("started", senders=config.receiver.senders, maxretry=config.jail.maxretry,
                  findtime=config.jail.findtime, bantime=config.jail.bantime)
-        expiry_every = min(config.jail.findtime / 4, 30.0)
+        tick = min(config.jail.findtime / 4, 30.0)
         last_stats = loop.time()
         while not stop.is_set():
             try:
-                await asyncio.wait_for(stop.wait(), timeout=expiry_every)
+                await asyncio.wait_for(stop.wait(), timeout=tick)
             except TimeoutError:
                 pass
             pipeline.expire(loop.time())
+            if journal is not None:
+                await journal.run_blocking(lambda: journal.journal.prune(time.time()))
             if loop.time() - last_stats >= STATS_INTERVAL:
                 last_stats = loop.time()
                 log.info("stats", **intake.stats())
@@ -223,4 +290,6 @@ async def serve(config: Config, backend: BanBackend, stop: asyncio.Event | None 
         for listener in listeners:
             await listener.stop()
         await enforcer.close()
+        if journal is not None:
+            await journal.close()
         log.info("stopped", **intake.stats())

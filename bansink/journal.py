@@ -112,4 +112,4 @@ class Journal:
     def stats(self) -> dict[str, int]:
         rows = self.db.execute("SELECT count(*) FROM message").fetchone()[0]
         size = sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*"))
-        return {"rows": rows, "bytes": size}
+        return {"journal_rows": rows, "journal_bytes": size}

@@ -132,6 +132,8 @@ class Daemon:
     def __init__(self, ns: Netns, config: str, tmp: Path, *args: str,
                  prefix: tuple[str, ...] = ()) -> None:
         self.config_path = tmp / "bansink.toml"
+        if "[journal]" not in config:  # never the default /var/lib/bansink in tests
+            config += f'\n[journal]\npath = "{tmp}/journal.db"\n'
         self.config_path.write_text(config)
         self.log_path = tmp / "bansink.log"
         self._log = self.log_path.open("wb")

@@ -13,11 +13,18 @@ CONFIG = """
 [receiver]
 udp = ["127.0.0.1:5514"]
 tcp = ["127.0.0.1:5514"]
+relp = []
 [jail]
 maxretry = 2
 [log]
 format = "json"
 """
+
+
+def write_config(directory: Path) -> Path:
+    path = directory / "b.toml"
+    path.write_text(CONFIG + f'[journal]\npath = "{directory}/journal.db"\n')
+    return path
 
 
 @pytest.fixture
@@ -35,8 +42,7 @@ def shared_tmp():
 
 
 def test_without_root_run_says_to_use_root_or_dry_run(ns, shared_tmp):
-    cfg = shared_tmp / "b.toml"
-    cfg.write_text(CONFIG)
+    cfg = write_config(shared_tmp)
     result = ns.run(*NOBODY, str(BIN / "bansink"), "run", "--config", str(cfg), check=False)
     assert result.returncode == 1
     err = result.stderr.decode()
@@ -58,8 +64,7 @@ def test_dry_run_decides_and_logs_without_privileges_or_nftables(ns, shared_tmp)
 
 
 def test_nft_remove_deletes_the_table(ns, tmp_path):
-    cfg = tmp_path / "b.toml"
-    cfg.write_text(CONFIG)
+    cfg = write_config(tmp_path)
     daemon = Daemon(ns, CONFIG, tmp_path)
     daemon.stop()
     assert b"table inet bansink" in ns.run("nft", "list", "tables").stdout
@@ -71,8 +76,7 @@ def test_nft_remove_deletes_the_table(ns, tmp_path):
 
 
 def test_listen_address_in_use_is_a_one_line_error(ns, tmp_path):
-    cfg = tmp_path / "b.toml"
-    cfg.write_text(CONFIG)
+    cfg = write_config(tmp_path)
     first = Daemon(ns, CONFIG, tmp_path)
     second = ns.run(str(BIN / "bansink"), "run", "--config", str(cfg), check=False)
     first.stop()

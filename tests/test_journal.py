@@ -24,7 +24,7 @@ def test_rows_survive_reopening_and_replay_in_order_from_a_time(journal, tmp_pat
     again = Journal(tmp_path / "journal.db", retention=600, max_rows=5)
     again.open()
     assert [r.raw for r in again.replay(since=2.0)] == [b"b", b"c"]
-    assert again.stats()["rows"] == 3 and again.stats()["bytes"] > 0
+    assert again.stats()["journal_rows"] == 3 and again.stats()["journal_bytes"] > 0
     again.close()
 
 

@@ -1,0 +1,128 @@
+"""Keeping what counted: the journal writer, RELP resend detection, and replay at start-up."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable
+
+import structlog
+
+from bansink.engine.jail import BanDecision
+from bansink.engine.pipeline import Banned, SecurityPipeline
+from bansink.receiver.syslog import SyslogMessage, parse_syslog
+
+from .batching import TickBatcher
+from .journal import Journal, JournalRow
+
+log = structlog.get_logger("bansink")
+
+Done = Callable[[], None]
+
+
+def digest_of(message: SyslogMessage) -> bytes:
+    return hashlib.blake2b(message.peer.encode() + b"\0" + message.raw, digest_size=16).digest()
+
+
+class RecentDigests:
+    """Digests of RELP messages seen within `horizon` seconds (wall clock), oldest first.
+
+    rsyslog resends every unanswered frame after a reconnect, byte for byte, so a repeat of the
+    same sender and bytes within the horizon is a resend. The cost: two genuinely identical
+    messages (same timestamp to the second, same user) from one sender count once.
+    """
+
+    def __init__(self, horizon: float, max_entries: int = 1_000_000) -> None:
+        self.horizon, self.max_entries = horizon, max_entries
+        self._seen: OrderedDict[bytes, float] = OrderedDict()
+
+    def seen(self, digest: bytes, at: float) -> bool:
+        """True if digest was seen within the horizon; otherwise remember it and return False."""
+        seen = self._seen
+        while seen:
+            oldest_digest, oldest_at = next(iter(seen.items()))
+            if oldest_at >= at - self.horizon and len(seen) < self.max_entries:
+                break
+            del seen[oldest_digest]
+        if digest in seen:
+            return True
+        seen[digest] = at
+        return False
+
+
+class JournalWriter:
+    """Batches journal rows: one transaction per tick; `done` callbacks run after the commit.
+
+    A callback without a row is a barrier: it runs once everything put before it is on disk.
+    """
+
+    def __init__(self, journal: Journal, interval: float) -> None:
+        self.journal = journal
+        self._batcher: TickBatcher[tuple[JournalRow | None, Done | None], None] = TickBatcher(
+            interval, self._write, self._written, "journal")
+        self.rows = 0
+        self.commits = 0
+        self.errors = 0
+
+    async def open(self) -> None:
+        await self._batcher.run_blocking(self.journal.open)
+
+    def put(self, row: JournalRow | None, done: Done | None) -> None:
+        self._batcher.put((row, done))
+
+    def _write(self, batch: list[tuple[JournalRow | None, Done | None]]) -> None:
+        rows = [row for row, _ in batch if row is not None]
+        if rows:
+            self.journal.append(rows)
+
+    def _written(self, batch: list[tuple[JournalRow | None, Done | None]],
+                 result: Exception | None) -> None:
+        if isinstance(result, Exception):
+            # nothing is acknowledged: RELP senders keep the messages and resend them
+            self.errors += 1
+            log.error("journal_failed", rows=len(batch), error=repr(result))
+            return
+        self.commits += 1
+        for row, done in batch:
+            self.rows += row is not None
+            if done is not None:
+                done()
+
+    async def run_blocking(self, fn: Callable[[], object]) -> object:
+        return await self._batcher.run_blocking(fn)
+
+    async def close(self) -> None:
+        """Write what is queued, then close the file."""
+        await self._batcher.close()
+        self.journal.close()
+
+
+def replay(rows: list[JournalRow], pipeline: SecurityPipeline, recent: RecentDigests,
+           mono_now: float, wall_now: float, counts_since: float) -> list[BanDecision]:
+    """Feed stored messages back through the pipeline at the times they were received (those
+    since `counts_since`; older RELP rows only refill the resend memory); return the bans still
+    running, shortened by the time already passed."""
+    bans = []
+    for row in rows:
+        if row.transport == "relp":
+            recent.seen(row.digest, row.received_at)
+        if row.received_at < counts_since:
+            continue
+        message = parse_syslog(row.raw, peer=row.peer, received_at=row.received_at)
+        if not isinstance(message, SyslogMessage):
+            continue
+        outcome = pipeline.handle(message, mono_now - (wall_now - row.received_at))
+        if type(outcome) is Banned:
+            left = outcome.decision.bantime - (wall_now - row.received_at)
+            if left >= 1:
+                bans.append(dataclasses.replace(outcome.decision, bantime=left,
+                                                decided_at=mono_now))
+    return bans
+
+
+def journal_row(message: SyslogMessage, transport: str) -> JournalRow:
+    return JournalRow(message.received_at, transport, message.peer, message.raw,
+                      digest_of(message))
+
+
