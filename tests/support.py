@@ -7,6 +7,7 @@ import ctypes
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -154,6 +155,17 @@ class Daemon:
             if event is None or entry.get("event") == event:
                 found.append(entry)
         return found
+
+    def stats(self) -> dict:
+        """Ask the daemon for a fresh `stats` line (SIGUSR1) and return it."""
+        before = len(self.lines("stats"))
+        self.proc.send_signal(signal.SIGUSR1)
+        return wait_until(lambda: self.lines("stats")[before:], 10, "stats line")[-1]
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+        self._log.close()
 
     def stop(self) -> int:
         self.proc.terminate()

@@ -1,19 +1,13 @@
 """Syslog in, nftables ban out: real rsyslogd and logger as senders, real nft in namespaces."""
 
-import subprocess
 import textwrap
-from pathlib import Path
 
 import pytest
 
-from lab import CLIENT4, CLIENT6, PORT, PROXY4, PROXY4_ATK, PROXY6, Lab
+from lab import CLIENT4, CLIENT6, PORT, PROXY4, PROXY4_ATK, PROXY6, Lab, Rsyslog, login_failed
 from support import Netns, wait_until
 
 ATTACKER, BELOW, FORGED = "203.0.113.7", "203.0.113.8", "203.0.113.66"
-
-
-def login_failed(client: str, user: str = "bob") -> str:
-    return f'Login failed: client_ip="{client}", host="imap.example", user="{user}", code=0'
 
 
 def scenario() -> list[str]:
@@ -33,31 +27,6 @@ def assert_only_attacker_banned(lab: Lab, bantime: int = 3600) -> None:
     ban = lab.daemon.lines("ban")
     assert [(b["ip"], b["jail"], b["count"]) for b in ban] == [(ATTACKER, "roundcube", 3)]
     assert lab.daemon.lines("malformed_event")  # the forged lines were seen and refused
-
-
-class Rsyslog:
-    """A private rsyslogd in a namespace: reads UDP on its own loopback, forwards with omfwd."""
-
-    def __init__(self, ns: Netns, tmp: Path, action: str) -> None:
-        work = tmp / "rsyslog"
-        work.mkdir()
-        conf = work / "rsyslog.conf"
-        conf.write_text(textwrap.dedent(f"""
-            global(workDirectory="{work}")
-            module(load="imudp")
-            input(type="imudp" address="127.0.0.1" port="5140")
-            {action}
-        """))
-        self.ns = ns
-        self.proc = ns.popen("rsyslogd", "-n", "-f", str(conf), "-i", str(work / "pid"),
-                             stdout=subprocess.DEVNULL, stderr=(work / "err").open("wb"))
-        wait_until(lambda: self.proc.poll() is not None or b":5140" in
-                   ns.run("ss", "-Hluan").stdout, 10, "rsyslogd to listen")
-        assert self.proc.poll() is None, (work / "err").read_text()
-
-    def log(self, message: str) -> None:
-        self.ns.run("logger", "-n", "127.0.0.1", "-P", "5140", "--udp", "--rfc3164",
-                    "-t", "roundcube", "-p", "authpriv.warning", message)
 
 
 OMFWD = {
