@@ -124,3 +124,37 @@ def test_malformed_relp_frames_get_500_or_a_close_and_hurt_no_other_session(lab:
     drops = lab.daemon.stats()["drops"]
     assert drops["relp_rejected"] >= 3 and drops["relp_framing_error"] >= 4
     assert lab.daemon.proc.poll() is None
+
+
+RESEND_CLIENT = textwrap.dedent(f"""
+    import socket, sys
+    OFFERS = b"relp_version=0\\ncommands=syslog"
+    MSG = sys.argv[1].encode()
+    s = socket.create_connection(({PROXY4!r}, {RELP_PORT}), timeout=10)
+    s.sendall(b"1 open %d %s\\n" % (len(OFFERS), OFFERS))
+    s.sendall(b"2 syslog %d %s\\n" % (len(MSG), MSG))
+    data = b""
+    while b"2 rsp" not in data:
+        data += s.recv(4096)
+    print(data.decode().splitlines()[-1])
+""")
+
+
+def test_resent_frames_are_answered_but_not_counted_again_even_across_a_restart(lab: Lab):
+    lab.start()
+    message = ("<38>2026-08-22T10:00:00+00:00 webmail roundcube: "
+               + login_failed("203.0.113.9", "resent"))
+
+    def send() -> str:
+        return lab.sender.run("python3", "-c", RESEND_CLIENT, message).stdout.decode().strip()
+
+    assert send() == "2 rsp 6 200 OK"
+    assert send() == "2 rsp 6 200 OK"  # the same bytes on a new connection: a resend
+    stats = lab.daemon.stats()
+    assert stats["outcomes"] == {"Counted": 1} and stats["drops"] == {"relp_resend": 1}
+    lab.daemon.kill()
+    daemon = lab.restart()
+    assert send() == "2 rsp 6 200 OK"  # known from the journal after the restart
+    stats = daemon.stats()
+    assert stats["drops"] == {"relp_resend": 1} and stats["received"] == {"relp": 1}
+    assert journal_counts(lab) == (1, 1)
