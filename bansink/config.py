@@ -74,12 +74,29 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class TlsConfig(_Section):
+    certificate: str = ""
+    """PEM file with the server certificate (and chain)."""
+    key: str = ""
+    """PEM file with its private key."""
+    client_ca: str = ""
+    """If set, senders must present a certificate signed by this CA (PEM)."""
+    client_names: list[str] = []
+    """With client_ca: accept only certificates naming one of these (DNS SAN or CN); empty: any
+    certificate the CA signed."""
+
+
 class ReceiverConfig(_Section):
     senders: list[Network] = ["127.0.0.0/8", "::1/128"]
     """Only these hosts may send syslog; everything else is dropped (TCP: closed at accept)."""
     udp: list[Listen] = [("127.0.0.1", 514), ("::1", 514)]
     tcp: list[Listen] = [("127.0.0.1", 514), ("::1", 514)]
     relp: list[Listen] = [("127.0.0.1", 20514), ("::1", 20514)]
+    tls: list[Listen] = []
+    """Syslog over TLS (RFC 5425, octet-counted), usually port 6514; needs tls_settings."""
+    relp_tls: list[Listen] = []
+    """RELP over TLS from the first byte (omrelp tls="on"); needs tls_settings."""
+    tls_settings: TlsConfig = TlsConfig()
     max_message_size: int = Field(8192, ge=480, le=1 << 20)
     relp_max_frame_size: int = Field(128 * 1024, ge=480, le=16 << 20)
     """RELP DATALEN limit (librelp's default: 128 KiB); a larger frame closes the session."""
@@ -137,6 +154,16 @@ class Config(_Section):
     nftables: NftablesConfig = NftablesConfig()
     journal: JournalConfig = JournalConfig()
     log: LogConfig = LogConfig()
+
+    @model_validator(mode="after")
+    def _tls_has_certificate(self) -> Config:
+        rc = self.receiver
+        if (rc.tls or rc.relp_tls) and not (rc.tls_settings.certificate and rc.tls_settings.key):
+            raise ValueError("receiver.tls_settings.certificate and .key are required when "
+                             "receiver.tls or receiver.relp_tls lists an address")
+        if rc.tls_settings.client_names and not rc.tls_settings.client_ca:
+            raise ValueError("receiver.tls_settings.client_names needs client_ca")
+        return self
 
     @model_validator(mode="after")
     def _retention_covers_findtime(self) -> Config:

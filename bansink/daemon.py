@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from bansink.receiver.intake import Dropped
 from bansink.receiver.relp_listener import RelpListener
 from bansink.receiver.syslog import MalformedSyslog, SyslogMessage
 from bansink.receiver.tcp import TcpListener
+from bansink.receiver.tls import server_context
 from bansink.receiver.udp import UdpListener
 
 from .batching import TickBatcher
@@ -212,7 +214,7 @@ def _listeners(config: Config, intake: Intake) -> list[UdpListener | TcpListener
     stream = {"admit": admit, "intake": intake, "max_connections": rc.max_connections,
               "max_connections_per_sender": rc.max_connections_per_sender,
               "idle_timeout": rc.idle_timeout}
-    return [
+    listeners: list[UdpListener | TcpListener | RelpListener] = [
         *(UdpListener(host, port, admit=admit, intake=intake,
                       max_message_size=rc.max_message_size, receive_buffer=rc.udp_receive_buffer)
           for host, port in rc.udp),
@@ -222,6 +224,21 @@ def _listeners(config: Config, intake: Intake) -> list[UdpListener | TcpListener
                        transport_name="relp", **stream)
           for host, port in rc.relp),
     ]
+    if rc.tls or rc.relp_tls:
+        ts = rc.tls_settings
+        try:
+            context = server_context(ts.certificate, ts.key, ts.client_ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise ListenError(f"receiver.tls_settings: cannot load the certificate, key or CA: "
+                              f"{exc}") from None
+        secure = {**stream, "ssl_context": context, "allowed_names": ts.client_names}
+        listeners += [
+            *(TcpListener(host, port, max_message_size=rc.max_message_size,
+                          transport_name="tls", **secure) for host, port in rc.tls),
+            *(RelpListener(host, port, max_message_size=rc.relp_max_frame_size,
+                           transport_name="relp_tls", **secure) for host, port in rc.relp_tls),
+        ]
+    return listeners
 
 
 async def _replay(journal: JournalWriter, config: Config, pipeline: SecurityPipeline,

@@ -105,7 +105,7 @@ def replay(rows: list[JournalRow], pipeline: SecurityPipeline, recent: RecentDig
     running, shortened by the time already passed."""
     bans = []
     for row in rows:
-        if row.transport == "relp":
+        if row.transport.startswith("relp"):
             recent.seen(row.digest, row.received_at)
         if row.received_at < counts_since:
             continue

@@ -7,7 +7,7 @@ test "$(id -u)" = 0 || { echo "setup.sh: run as root (apt-get and nftables need 
 packages="nftables python3-nftables python3-venv python3-pip iproute2"
 extras=""
 if [ "${1:-}" = "--test" ]; then
-    packages="$packages rsyslog rsyslog-relp rsyslog-openssl bsdutils"
+    packages="$packages rsyslog rsyslog-relp rsyslog-openssl bsdutils openssl"
     extras="[test]"
 fi
 missing=""

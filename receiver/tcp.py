@@ -7,11 +7,13 @@ import socket
 import ssl
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import cast
 
 from .framing import CLOSED, NEED_DATA, FrameDropped, Rfc6587Framer, SyslogFrame
 from .intake import Admit, Dropped, Intake
 from .syslog import parse_syslog
+from .tls import name_allowed
 
 
 class StreamListener:
@@ -30,9 +32,11 @@ class StreamListener:
         max_connections_per_sender: int,
         idle_timeout: float,
         ssl_context: ssl.SSLContext | None = None,
+        allowed_names: Sequence[str] = (),
         transport_name: str = "tcp",
     ) -> None:
         self.host, self.port = host, port
+        self.allowed_names = tuple(allowed_names)
         self.admit, self.intake = admit, intake
         self.max_message_size = max_message_size
         self.max_connections = max_connections
@@ -91,6 +95,8 @@ class AdmittedStream(asyncio.Protocol):
             reason = "too_many_connections"
         elif lst.connections[peer] >= lst.max_per_sender:
             reason = "too_many_connections_from_sender"
+        elif not name_allowed(transport.get_extra_info("peercert"), lst.allowed_names):
+            reason = "tls_peer_not_allowed"
         else:
             reason = None
         if reason is not None:

@@ -1,0 +1,116 @@
+"""TLS with real rsyslog: omfwd over TLS (RFC 5425) and omrelp tls="on", client certificates."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from lab import PROXY4, Lab, Rsyslog, login_failed
+from support import Daemon, wait_until
+
+TLS_PORT, RELP_TLS_PORT = 6514, 20515
+
+
+def make_certificates(d: Path) -> Path:
+    """A test CA, a server certificate for the proxy and two client certificates."""
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=bansink test CA")
+    for name, san in (("server", f"DNS:proxy.example,IP:{PROXY4}"),
+                      ("client", "DNS:webmail.example"), ("stranger", "DNS:stranger.example")):
+        openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN={san.split(',')[0][4:]}")
+        (d / f"{name}.ext").write_text(f"subjectAltName={san}\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
+    return d
+
+
+def tls_config(d: Path, names: str = '["webmail.example"]') -> str:
+    return f"""
+[receiver]
+senders = ["192.0.2.2/32"]
+udp = []
+tcp = []
+relp = []
+tls = ["0.0.0.0:{TLS_PORT}"]
+relp_tls = ["0.0.0.0:{RELP_TLS_PORT}"]
+[receiver.tls_settings]
+certificate = "{d}/server.pem"
+key = "{d}/server.key"
+client_ca = "{d}/ca.pem"
+client_names = {names}
+[jail]
+maxretry = 3
+[log]
+format = "json"
+"""
+
+
+@pytest.fixture
+def certs(tmp_path):
+    d = tmp_path / "certs"
+    d.mkdir()
+    return make_certificates(d)
+
+
+def omfwd_tls(d: Path, who: str = "client") -> str:
+    return (f'global(DefaultNetstreamDriverCAFile="{d}/ca.pem" '
+            f'DefaultNetstreamDriverCertFile="{d}/{who}.pem" '
+            f'DefaultNetstreamDriverKeyFile="{d}/{who}.key")\n'
+            f'action(type="omfwd" target="{PROXY4}" port="{TLS_PORT}" protocol="tcp" '
+            'TCP_Framing="octet-counted" template="RSYSLOG_SyslogProtocol23Format" '
+            'StreamDriver="ossl" StreamDriverMode="1" StreamDriverAuthMode="x509/name" '
+            'StreamDriverPermittedPeers="proxy.example")')
+
+
+def omrelp_tls(d: Path, who: str = "client") -> str:
+    return ('module(load="omrelp")\n'
+            f'action(type="omrelp" target="{PROXY4}" port="{RELP_TLS_PORT}" tls="on" '
+            f'tls.caCert="{d}/ca.pem" tls.myCert="{d}/{who}.pem" tls.myPrivKey="{d}/{who}.key" '
+            'tls.authMode="name" tls.permittedPeer=["proxy.example"] '
+            'action.resumeRetryCount="-1" action.resumeInterval="1")')
+
+
+ATTACKERS = [f"203.0.113.{i}" for i in range(1, 6)]
+
+
+@pytest.mark.parametrize("action", [omfwd_tls, omrelp_tls], ids=["omfwd-tls", "omrelp-tls"])
+def test_rsyslog_over_tls_with_client_certificates_delivers_each_message_once(lab: Lab, certs,
+                                                                             action):
+    lab.daemon = Daemon(lab.proxy, tls_config(certs), lab.tmp)
+    rsyslog = Rsyslog(lab.sender, lab.tmp, action(certs))
+    lines = [login_failed(ip, user=f"u{n}") for n in range(3) for ip in ATTACKERS]
+    lines += [login_failed(f"198.51.100.{i}") for i in range(10, 30)]
+    rsyslog.log_lines(lines, lab.tmp)
+    transport = "tls" if action is omfwd_tls else "relp_tls"
+    wait_until(lambda: lab.daemon.stats()["received"].get(transport, 0) >= len(lines), 30,
+               f"all messages over {transport}")
+    assert lab.daemon.stats()["received"] == {transport: len(lines)}
+    wait_until(lambda: set(lab.proxy.set_elements()) == set(ATTACKERS), 10, "bans")
+
+
+def test_a_certificate_with_a_name_not_listed_is_refused(lab: Lab, certs):
+    lab.daemon = Daemon(lab.proxy, tls_config(certs), lab.tmp)
+    Rsyslog(lab.sender, lab.tmp, omrelp_tls(certs, who="stranger")).log(login_failed(ATTACKERS[0]))
+    wait_until(lambda: any(d["reason"] == "tls_peer_not_allowed"
+                           for d in lab.daemon.lines("drop")), 15, "stranger refused")
+    assert lab.daemon.stats()["received"] == {}
+
+
+def test_a_client_without_certificate_fails_the_handshake(lab: Lab, certs):
+    lab.daemon = Daemon(lab.proxy, tls_config(certs), lab.tmp)
+    script = (f"import socket, ssl\nctx = ssl.create_default_context(cafile='{certs}/ca.pem')\n"
+              f"s = socket.create_connection(('{PROXY4}', {TLS_PORT}), timeout=5)\n"
+              "try:\n"
+              "    t = ctx.wrap_socket(s, server_hostname='proxy.example')\n"
+              "    t.sendall(b'5 <13>x')\n"
+              "    print('open' if t.recv(1) else 'closed')\n"
+              "except (ssl.SSLError, ConnectionResetError) as exc:\n"
+              "    print('refused', type(exc).__name__)\n")
+    out = lab.sender.run("python3", "-c", script).stdout.decode()
+    assert out.startswith(("refused", "closed"))
+    assert lab.daemon.stats()["received"] == {}
