@@ -8,6 +8,7 @@ import ssl
 import time
 from collections import Counter
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 
 import structlog
@@ -247,13 +248,17 @@ async def _replay(journal: JournalWriter, config: Config, pipeline: SecurityPipe
     loop = asyncio.get_running_loop()
     started, wall = loop.time(), time.time()
     horizon = max(config.jail.findtime, config.journal.relp_dedupe)
-    rows = await journal.run_blocking(lambda: list(journal.journal.replay(wall - horizon)))
-    bans = replay(rows, pipeline, recent, loop.time(), wall,
-                  counts_since=wall - config.jail.findtime)
-    for ban in bans:
-        enforcer.ban(ban)
+    rows = journal.journal.replay(wall - horizon)
+    count = banned = 0
+    while chunk := await journal.run_blocking(lambda: list(islice(rows, 10_000))):
+        # in chunks: a full store does not have to fit in memory at once
+        for ban in replay(chunk, pipeline, recent, loop.time(), wall,
+                          counts_since=wall - config.jail.findtime):
+            enforcer.ban(ban)
+            banned += 1
+        count += len(chunk)
     stats = await journal.run_blocking(journal.journal.stats)
-    log.info("replayed", rows=len(rows), bans=len(bans), tracked=pipeline.jail.tracked,
+    log.info("replayed", rows=count, bans=banned, tracked=pipeline.jail.tracked,
              seconds=round(loop.time() - started, 3), **stats)
 
 

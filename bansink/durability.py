@@ -26,14 +26,16 @@ def digest_of(message: SyslogMessage) -> bytes:
 
 
 class RecentDigests:
-    """Digests of RELP messages seen within `horizon` seconds (wall clock), oldest first.
+    """Digests of the last `max_entries` RELP messages seen within `horizon` seconds.
 
-    rsyslog resends every unanswered frame after a reconnect, byte for byte, so a repeat of the
-    same sender and bytes within the horizon is a resend. The cost: two genuinely identical
-    messages (same timestamp to the second, same user) from one sender count once.
+    librelp resends, byte for byte, the frames that were unanswered when a connection broke: at
+    most its window (128 by default, 1024 at most in practice) per connection, the most recent
+    ones. So a repeat of the same sender and bytes among the recent messages is a resend. The
+    cost: about 100 bytes per remembered message (10 MB at the default cap), and two genuinely
+    identical messages from one sender (same timestamp to the second, same user) count once.
     """
 
-    def __init__(self, horizon: float, max_entries: int = 1_000_000) -> None:
+    def __init__(self, horizon: float, max_entries: int = 100_000) -> None:
         self.horizon, self.max_entries = horizon, max_entries
         self._seen: OrderedDict[bytes, float] = OrderedDict()
 

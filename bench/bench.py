@@ -65,7 +65,10 @@ class Bench:
 [receiver]
 udp = ["127.0.0.1:{PORT}"]
 tcp = ["127.0.0.1:{PORT}"]
+relp = ["127.0.0.1:20514"]
 udp_receive_buffer = 33554432
+[journal]
+path = "{self.tmp}/journal.db"
 [jail]
 maxretry = {maxretry}
 findtime = "1h"
@@ -79,7 +82,7 @@ format = "json"
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", self.ns, str(BIN / "bansink"), "run", "--config", str(config)],
             stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
-        self.wait(lambda: self.events("started"), 15)
+        self.wait(lambda: self.events("started"), 300)  # replay of a full store included
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -112,13 +115,15 @@ format = "json"
             time.sleep(0.02)
         return value
 
-    def received(self) -> int:
-        """Ask the daemon for its counters (SIGUSR1) and return messages received so far."""
+    def stats(self) -> dict:
+        """Ask the daemon for its counters (SIGUSR1)."""
         before = len(self.events("stats"))
         assert self.proc is not None
         self.proc.send_signal(signal.SIGUSR1)
-        stats = self.wait(lambda: self.events("stats")[before:], 10)[-1]
-        return sum(stats["received"].values())
+        return self.wait(lambda: self.events("stats")[before:], 10)[-1]
+
+    def received(self) -> int:
+        return sum(self.stats()["received"].values())
 
     def settle(self) -> int:
         last, same_since = -1, time.monotonic()
@@ -233,17 +238,114 @@ def latency_phase(b: Bench, bans: int) -> dict:
             "max_ms": round(latencies[-1], 1)}
 
 
+def _rsyslog(b: Bench, name: str, body: str) -> subprocess.Popen:
+    work = b.tmp / name
+    work.mkdir(exist_ok=True)
+    conf = work / "rsyslog.conf"
+    conf.write_text(f'global(workDirectory="{work}")\n{body}\n')
+    return subprocess.Popen(["ip", "netns", "exec", b.ns, "rsyslogd", "-n", "-f", str(conf),
+                             "-i", str(work / "pid")], stdout=subprocess.DEVNULL,
+                            stderr=(work / "err").open("wb"))
+
+
+def _sender(b: Bench, lines: Path, port: int) -> subprocess.Popen:
+    """rsyslog reading a prepared file (imfile) and forwarding it with omrelp, window 1024."""
+    return _rsyslog(b, f"sender-{port}", f"""
+module(load="imfile")
+input(type="imfile" File="{lines}" Tag="roundcube:")
+module(load="omrelp")
+action(type="omrelp" target="127.0.0.1" port="{port}" windowSize="1024"
+       queue.type="LinkedList" queue.size="500000")""")
+
+
+def relp_phase(b: Bench, count: int, store_rows: int) -> dict:
+    lines = b.tmp / "relp-lines.log"
+    with lines.open("w") as f:
+        for i in range(count):
+            f.write(LINE.format(ip=client_ip(i)).split(": ", 1)[1] + "\n")
+    result: dict[str, object] = {"messages": count}
+
+    # bansink: RELP with the journal on (a message is answered once its row is on disk)
+    b.start(maxretry=1_000_000)
+    t0 = time.perf_counter()
+    sender = _sender(b, lines, 20514)
+    b.wait(lambda: b.stats()["journal_rows"] >= count, 600)
+    elapsed = time.perf_counter() - t0
+    stats = b.stats()
+    sender.terminate()
+    sender.wait()
+    b.stop()
+    result["bansink"] = {"seconds": round(elapsed, 2), "msg_per_s": round(count / elapsed),
+                         "journal_commits": stats["journal_commits"],
+                         "rows_per_commit": round(stats["journal_rows"] / stats["journal_commits"])}
+
+    # rsyslog's own imrelp receiving the same stream into a file
+    out = b.tmp / "imrelp-out.log"
+    sink = _rsyslog(b, "imrelp", f"""
+module(load="imrelp")
+input(type="imrelp" port="20516")
+action(type="omfile" file="{out}")""")
+    b.wait(lambda: b"20516" in subprocess.run(["ip", "netns", "exec", b.ns, "ss", "-Hltn"],
+                                              capture_output=True).stdout, 10)
+    t0 = time.perf_counter()
+    sender = _sender(b, lines, 20516)
+
+    def written() -> int:
+        try:
+            with out.open("rb") as f:
+                return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+        except FileNotFoundError:
+            return 0
+
+    b.wait(lambda: written() >= count, 600)
+    elapsed = time.perf_counter() - t0
+    for p in (sender, sink):
+        p.terminate()
+        p.wait()
+    result["rsyslog_imrelp_to_file"] = {"seconds": round(elapsed, 2),
+                                        "msg_per_s": round(count / elapsed)}
+
+    # replay: a store filled to store_rows, then a restart
+    from bansink.journal import Journal, JournalRow
+    journal = Journal(b.tmp / "journal.db", retention=86400, max_rows=store_rows)
+    journal.open()
+    have = journal.stats()["journal_rows"]
+    now = time.time()
+    batch = []
+    for i in range(have, store_rows):
+        raw = LINE.format(ip=client_ip(i + 5_000_000)).encode()
+        batch.append(JournalRow(now - 1, "relp", "127.0.0.1", raw, i.to_bytes(16, "big")))
+        if len(batch) == 10_000:
+            journal.append(batch)
+            batch = []
+    if batch:
+        journal.append(batch)
+    store = journal.stats()
+    journal.close()
+    b.start(maxretry=1_000_000)
+    replayed = b.events("replayed")[-1]
+    rss = b.rss_mib()
+    b.stop()
+    result["replay"] = {"rows": replayed["rows"], "seconds": replayed["seconds"],
+                        "store_mib": round(store["journal_bytes"] / 2**20),
+                        "rss_after_mib": round(rss[0])}
+    return result
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--phases", default="udp,tcp,latency")
+    p.add_argument("--phases", default="udp,tcp,latency,relp")
     p.add_argument("--udp-count", type=int, default=200_000)
     p.add_argument("--udp-rate", type=int, default=50_000)
     p.add_argument("--tcp-count", type=int, default=1_000_000)
     p.add_argument("--bans", type=int, default=200)
+    p.add_argument("--relp-count", type=int, default=200_000)
+    p.add_argument("--store-rows", type=int, default=1_000_000)
     args = p.parse_args()
     if args.quick:
         args.udp_count, args.tcp_count, args.bans = 50_000, 100_000, 50
+        args.relp_count, args.store_rows = 50_000, 100_000
     results: dict[str, object] = {"cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="bansink-bench-") as tmp:
         b = Bench(Path(tmp))
@@ -258,6 +360,9 @@ def main() -> None:
             if "latency" in phases:
                 results["latency"] = latency_phase(b, args.bans)
                 print("latency", json.dumps(results["latency"]), flush=True)
+            if "relp" in phases:
+                results["relp"] = relp_phase(b, args.relp_count, args.store_rows)
+                print("relp", json.dumps(results["relp"]), flush=True)
         finally:
             b.close()
     print(json.dumps(results, indent=2))
