@@ -38,18 +38,21 @@ class RecentDigests:
     def __init__(self, horizon: float, max_entries: int = 100_000) -> None:
         self.horizon, self.max_entries = horizon, max_entries
         self._seen: OrderedDict[bytes, float] = OrderedDict()
+        self._inserts = 0
 
     def seen(self, digest: bytes, at: float) -> bool:
-        """True if digest was seen within the horizon; otherwise remember it and return False."""
+        """True if digest is remembered; otherwise remember it and return False."""
         seen = self._seen
-        while seen:
-            oldest_digest, oldest_at = next(iter(seen.items()))
-            if oldest_at >= at - self.horizon and len(seen) < self.max_entries:
-                break
-            del seen[oldest_digest]
         if digest in seen:
             return True
         seen[digest] = at
+        if len(seen) > self.max_entries:
+            seen.popitem(last=False)
+        self._inserts += 1
+        if self._inserts % 1024 == 0:  # forget what is past the horizon, now and then
+            horizon = at - self.horizon
+            while seen and next(iter(seen.values())) < horizon:
+                seen.popitem(last=False)
         return False
 
 

@@ -258,6 +258,31 @@ action(type="omrelp" target="127.0.0.1" port="{port}" windowSize="1024"
        queue.type="LinkedList" queue.size="500000")""")
 
 
+def relp_blast(b: Bench, count: int, window: int) -> dict:
+    sock = b.socket(socket.SOCK_STREAM)
+    sock.connect(("127.0.0.1", 20514))
+    offers = b"relp_version=0\ncommands=syslog"
+    sock.sendall(b"1 open %d %s\n" % (len(offers), offers))
+    reply = b""
+    while b"\n" not in reply or reply.count(b"\n") < 4:  # rsp header line + 3 offer lines
+        reply += sock.recv(4096)
+    frames = []
+    for i in range(count):
+        m = LINE.format(ip=client_ip(i + 2_000_000)).encode()
+        frames.append(b"%d syslog %d %s\n" % (i + 2, len(m), m))
+    t0 = time.perf_counter()
+    sent = acked = 0
+    while acked < count:
+        room = min(window - (sent - acked), count - sent)
+        if room > 0:
+            sock.sendall(b"".join(frames[sent : sent + room]))
+            sent += room
+        acked += sock.recv(1 << 16).count(b"\n")  # one LF per "N rsp 6 200 OK\n"
+    elapsed = time.perf_counter() - t0
+    sock.close()
+    return {"seconds": round(elapsed, 2), "msg_per_s": round(count / elapsed)}
+
+
 def relp_phase(b: Bench, count: int, store_rows: int) -> dict:
     lines = b.tmp / "relp-lines.log"
     with lines.open("w") as f:
@@ -278,6 +303,12 @@ def relp_phase(b: Bench, count: int, store_rows: int) -> dict:
     result["bansink"] = {"seconds": round(elapsed, 2), "msg_per_s": round(count / elapsed),
                          "journal_commits": stats["journal_commits"],
                          "rows_per_commit": round(stats["journal_rows"] / stats["journal_commits"])}
+
+    # bansink again, fed by a pipelining client in this process (window 1024): what bansink
+    # itself takes, without rsyslog's sender as the bound
+    b.start(maxretry=1_000_000)
+    result["bansink_fast_client"] = relp_blast(b, count, window=1024)
+    b.stop()
 
     # rsyslog's own imrelp receiving the same stream into a file
     out = b.tmp / "imrelp-out.log"

@@ -10,7 +10,7 @@ from typing import NamedTuple
 from bansink.receiver.syslog import SyslogMessage
 
 from .addresses import IPAddress, NetworkSet
-from .events import MalformedEvent, NotMatched, SecurityEvent
+from .events import NOT_MATCHED, MalformedEvent, NotMatched, SecurityEvent
 from .jail import BanDecision, Jail, JailSettings
 from .proxies import resolve_client
 from .roundcube import roundcube_event
@@ -81,7 +81,7 @@ class SecurityPipeline:
         return outcome
 
     def _handle(self, message: SyslogMessage, now: float) -> Outcome:
-        result: SecurityEvent | NotMatched | MalformedEvent = NotMatched()
+        result: SecurityEvent | NotMatched | MalformedEvent = NOT_MATCHED
         for source in self.sources:
             result = source(message)
             if not isinstance(result, NotMatched):

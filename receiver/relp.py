@@ -25,7 +25,7 @@ import re
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
-from typing import Final, NoReturn
+from typing import Final, NamedTuple, NoReturn
 
 from .framing import CLOSED, NEED_DATA, _Sentinel
 
@@ -45,8 +45,9 @@ class RelpOpen:
     offers: dict[str, str]
 
 
-@dataclass(frozen=True, slots=True)
-class RelpSyslog:
+class RelpSyslog(NamedTuple):
+    """One per message: a NamedTuple, cheap to build (see syslog.SyslogMessage)."""
+
     txnr: int
     message: bytes
 

@@ -3,6 +3,7 @@ adapter around RelpSession. A syslog frame is answered only when the intake says
 
 from __future__ import annotations
 
+import asyncio
 import time
 from functools import partial
 
@@ -27,6 +28,7 @@ class _RelpStream(AdmittedStream):
         super().__init__(listener)
         self.session = RelpSession(max_frame_size=listener.max_message_size)
         self.paused = False
+        self.flush_scheduled = False
 
     def received(self, data: bytes) -> None:
         self.session.receive_data(data)
@@ -57,6 +59,12 @@ class _RelpStream(AdmittedStream):
 
     def _durable(self, txnr: int) -> None:
         self.session.ack(txnr)
+        if not self.flush_scheduled:  # one write for all the acks of a journal commit
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_acks)
+
+    def _flush_acks(self) -> None:
+        self.flush_scheduled = False
         self._flush()
         if self.paused and self.session.unanswered <= MAX_UNANSWERED // 2:
             self.paused = False
