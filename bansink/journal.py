@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 SCHEMA_VERSION = 1
 
@@ -32,8 +32,9 @@ _UPGRADES: dict[int, str] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class JournalRow:
+class JournalRow(NamedTuple):
+    """One stored message; a NamedTuple so that rows go to executemany as they are."""
+
     received_at: float
     transport: str
     peer: str
@@ -85,7 +86,7 @@ class Journal:
         db.execute("BEGIN")
         db.executemany(
             "INSERT INTO message (received_at, transport, peer, raw, digest) VALUES (?,?,?,?,?)",
-            [(r.received_at, r.transport, r.peer, r.raw, r.digest) for r in rows],
+            rows,
         )
         db.execute("COMMIT")
 
