@@ -134,16 +134,19 @@ class Intake:
                 done()
             return
         assert type(message) is SyslogMessage
-        if done is not None and self.recent.seen(digest_of(message), message.received_at):
-            # a resend after a reconnect: answer it once the original is on disk (a barrier)
-            self.drops["relp_resend"] += 1
-            self.journal.put(None, done) if self.journal is not None else done()
-            return
+        digest = b""  # only RELP resends need finding
+        if done is not None:
+            digest = digest_of(message)
+            if self.recent.seen(digest, message.received_at):
+                # a resend after a reconnect: answer it once the original is on disk (a barrier)
+                self.drops["relp_resend"] += 1
+                self.journal.put(None, done) if self.journal is not None else done()
+                return
         outcome = self.pipeline.handle(message, now)
         kind = type(outcome)
         if kind is Counted or kind is Banned:
             if self.journal is not None:
-                self.journal.put(journal_row(message, transport), done)
+                self.journal.put(journal_row(message, transport, digest), done)
             elif done is not None:
                 done()
             if kind is Banned:
@@ -181,7 +184,8 @@ class Intake:
             "bans": self.enforcer.bans,
             "ban_errors": self.enforcer.errors,
             **({"journal_rows": self.journal.rows, "journal_commits": self.journal.commits,
-                "journal_errors": self.journal.errors} if self.journal is not None else {}),
+                "journal_errors": self.journal.errors, "journal_skipped": self.journal.skipped,
+                "journal_pending": self.journal.pending} if self.journal is not None else {}),
         }
 
 

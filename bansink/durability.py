@@ -62,18 +62,31 @@ class JournalWriter:
     A callback without a row is a barrier: it runs once everything put before it is on disk.
     """
 
-    def __init__(self, journal: Journal, interval: float) -> None:
+    def __init__(self, journal: Journal, interval: float, max_pending: int = 100_000) -> None:
         self.journal = journal
         self._batcher: TickBatcher[tuple[JournalRow | None, Done | None], None] = TickBatcher(
             interval, self._write, self._written, "journal")
+        self.max_pending = max_pending
+        self.pending = 0
         self.rows = 0
         self.commits = 0
         self.errors = 0
+        self.skipped = 0
 
     async def open(self) -> None:
         await self._batcher.run_blocking(self.journal.open)
 
     def put(self, row: JournalRow | None, done: Done | None) -> None:
+        """Queue a row (and/or a callback for when it and all before it are on disk).
+
+        A row nobody waits for (UDP, TCP: no acknowledgement was promised) is skipped, and
+        counted, while `max_pending` rows wait: under an overload the disk must not turn into
+        unbounded memory. RELP rows always queue; the senders' windows bound them.
+        """
+        if done is None and self.pending >= self.max_pending:
+            self.skipped += 1
+            return
+        self.pending += row is not None
         self._batcher.put((row, done))
 
     def _write(self, batch: list[tuple[JournalRow | None, Done | None]]) -> None:
@@ -83,6 +96,7 @@ class JournalWriter:
 
     def _written(self, batch: list[tuple[JournalRow | None, Done | None]],
                  result: Exception | None) -> None:
+        self.pending -= sum(row is not None for row, _ in batch)
         if isinstance(result, Exception):
             # nothing is acknowledged: RELP senders keep the messages and resend them
             self.errors += 1
@@ -126,8 +140,7 @@ def replay(rows: list[JournalRow], pipeline: SecurityPipeline, recent: RecentDig
     return bans
 
 
-def journal_row(message: SyslogMessage, transport: str) -> JournalRow:
-    return JournalRow(message.received_at, transport, message.peer, message.raw,
-                      digest_of(message))
+def journal_row(message: SyslogMessage, transport: str, digest: bytes) -> JournalRow:
+    return JournalRow(message.received_at, transport, message.peer, message.raw, digest)
 
 

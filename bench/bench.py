@@ -59,7 +59,10 @@ class Bench:
     def socket(self, kind: int) -> socket.socket:
         return self.inside.submit(socket.socket, socket.AF_INET, kind).result()
 
-    def start(self, maxretry: int) -> None:
+    def start(self, maxretry: int, journal: Path | None = None) -> None:
+        """A daemon with a fresh journal (or the one given, e.g. to time its replay)."""
+        self.starts = getattr(self, "starts", 0) + 1
+        journal = journal or self.tmp / f"journal-{self.starts}.db"
         config = self.tmp / "bench.toml"
         config.write_text(f"""
 [receiver]
@@ -68,7 +71,7 @@ tcp = ["127.0.0.1:{PORT}"]
 relp = ["127.0.0.1:20514"]
 udp_receive_buffer = 33554432
 [journal]
-path = "{self.tmp}/journal.db"
+path = "{journal}"
 [jail]
 maxretry = {maxretry}
 findtime = "1h"
@@ -195,7 +198,9 @@ def tcp_phase(b: Bench, count: int) -> dict:
     b.stop()
     return {"messages": count, "seconds": round(elapsed, 2), "msg_per_s": round(count / elapsed),
             "tracked": stats["tracked"], "rss_idle_mib": round(rss_idle),
-            "rss_mib": round(rss), "peak_rss_mib": round(hwm)}
+            "rss_mib": round(rss), "peak_rss_mib": round(hwm),
+            "journal_skipped_at_end": stats["journal_skipped"],
+            "journal_pending_at_end": stats["journal_pending"]}
 
 
 def latency_phase(b: Bench, bans: int) -> dict:
@@ -338,7 +343,8 @@ action(type="omfile" file="{out}")""")
 
     # replay: a store filled to store_rows, then a restart
     from bansink.journal import Journal, JournalRow
-    journal = Journal(b.tmp / "journal.db", retention=86400, max_rows=store_rows)
+    store_path = b.tmp / "store.db"
+    journal = Journal(store_path, retention=86400, max_rows=store_rows)
     journal.open()
     have = journal.stats()["journal_rows"]
     now = time.time()
@@ -353,7 +359,7 @@ action(type="omfile" file="{out}")""")
         journal.append(batch)
     store = journal.stats()
     journal.close()
-    b.start(maxretry=1_000_000)
+    b.start(maxretry=1_000_000, journal=store_path)
     replayed = b.events("replayed")[-1]
     rss = b.rss_mib()
     b.stop()
