@@ -2,6 +2,7 @@
 
 import json
 import sqlite3
+import subprocess
 import textwrap
 
 from lab import PROXY4, RELP_PORT, Lab, Rsyslog, login_failed
@@ -158,3 +159,26 @@ def test_resent_frames_are_answered_but_not_counted_again_even_across_a_restart(
     stats = daemon.stats()
     assert stats["drops"] == {"relp_resend": 1} and stats["received"] == {"relp": 1}
     assert journal_counts(lab) == (1, 1)
+
+
+def test_shutdown_tells_open_relp_sessions_serverclose(lab: Lab):
+    lab.start()
+    script = textwrap.dedent(f"""
+        import socket, sys
+        offers = b"relp_version=0\\ncommands=syslog"
+        s = socket.create_connection(({PROXY4!r}, {RELP_PORT}), timeout=20)
+        s.sendall(b"1 open %d %s\\n" % (len(offers), offers))
+        data = b""
+        while b"commands=syslog" not in data:
+            data += s.recv(4096)
+        print("open", flush=True)
+        rest = b""
+        while chunk := s.recv(4096):
+            rest += chunk
+        print(rest.decode(), flush=True)
+    """)
+    client = lab.sender.popen("python3", "-c", script, stdout=subprocess.PIPE, text=True)
+    assert client.stdout.readline().strip() == "open"
+    assert lab.daemon.stop() == 0
+    assert client.stdout.read().strip() == "0 serverclose 0"
+    assert client.wait(10) == 0
