@@ -13,6 +13,7 @@ from bansink.actions.nftables import NftablesError, NftablesSet
 
 from .config import DEFAULT_PATH, Config, ConfigError, load_config
 from .daemon import ListenError, serve
+from .journal import JournalError
 from .logs import configure_logging
 
 
@@ -94,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"nftables: {exc}")
     except ListenError as exc:
         return _fail(str(exc))
+    except JournalError as exc:
+        return _fail(f"journal.path: {exc} (point journal.path at a writable file, or \"\" "
+                     f"to run without a journal)")
 
 
 if __name__ == "__main__":

@@ -83,3 +83,12 @@ def test_listen_address_in_use_is_a_one_line_error(ns, tmp_path):
     assert second.returncode == 1
     err = second.stderr.decode()
     assert "127.0.0.1:5514" in err and "Address already in use" in err
+
+
+def test_a_journal_that_cannot_be_opened_is_a_one_line_error(ns, shared_tmp):
+    cfg = shared_tmp / "b.toml"
+    cfg.write_text(CONFIG + '[journal]\npath = "/proc/bansink/journal.db"\n')
+    result = ns.run(str(BIN / "bansink"), "run", "--dry-run", "--config", str(cfg), check=False)
+    assert result.returncode == 1
+    err = result.stderr.decode()
+    assert err.startswith("bansink: journal.path: ") and len(err.strip().splitlines()) == 1
