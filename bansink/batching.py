@@ -9,6 +9,7 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+S = TypeVar("S")
 
 
 class TickBatcher(Generic[T, R]):
@@ -29,7 +30,7 @@ class TickBatcher(Generic[T, R]):
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
-    async def run_blocking(self, fn: Callable[[], R]) -> R:
+    async def run_blocking(self, fn: Callable[[], S]) -> S:
         """Run other blocking work on the same thread (e.g. setup), in order with the batches."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
 

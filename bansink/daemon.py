@@ -281,7 +281,7 @@ async def serve(config: Config, backend: BanBackend, stop: asyncio.Event | None 
     if config.journal.path:
         jc = config.journal
         journal = JournalWriter(Journal(Path(jc.path), retention=jc.retention,
-                                        max_rows=jc.max_rows), jc.commit_interval)
+                                        max_rows=jc.max_rows), jc.commit_interval, recent)
         await journal.open()
         await _replay(journal, config, pipeline, recent, enforcer)
     intake = Intake(pipeline, enforcer, journal, recent)
@@ -289,7 +289,7 @@ async def serve(config: Config, backend: BanBackend, stop: asyncio.Event | None 
     listeners = _listeners(config, intake)
     try:
         for listener in listeners:
-            transport = getattr(listener, "transport_name", "udp")
+            transport = listener.transport_name
             try:
                 await listener.start()
             except OSError as exc:

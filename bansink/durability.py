@@ -55,6 +55,10 @@ class RecentDigests:
                 seen.popitem(last=False)
         return False
 
+    def forget(self, digest: bytes) -> None:
+        """The message with this digest was not kept after all: its resend must count."""
+        self._seen.pop(digest, None)
+
 
 class JournalWriter:
     """Batches journal rows: one transaction per tick; `done` callbacks run after the commit.
@@ -62,8 +66,10 @@ class JournalWriter:
     A callback without a row is a barrier: it runs once everything put before it is on disk.
     """
 
-    def __init__(self, journal: Journal, interval: float, max_pending: int = 100_000) -> None:
+    def __init__(self, journal: Journal, interval: float, recent: RecentDigests,
+                 max_pending: int = 100_000) -> None:
         self.journal = journal
+        self.recent = recent
         self._batcher: TickBatcher[tuple[JournalRow | None, Done | None], None] = TickBatcher(
             interval, self._write, self._written, "journal")
         self.max_pending = max_pending
@@ -98,7 +104,11 @@ class JournalWriter:
                  result: Exception | None) -> None:
         self.pending -= sum(row is not None for row, _ in batch)
         if isinstance(result, Exception):
-            # nothing is acknowledged: RELP senders keep the messages and resend them
+            # nothing is acknowledged: RELP senders keep the messages and resend them, and the
+            # resends must be taken as new, not as repeats of what was never stored
+            for row, _ in batch:
+                if row is not None and row.digest:
+                    self.recent.forget(row.digest)
             self.errors += 1
             log.error("journal_failed", rows=len(batch), error=repr(result))
             return

@@ -45,6 +45,7 @@ class UdpListener:
         receive_buffer: int,
     ) -> None:
         self.host, self.port = host, port
+        self.transport_name = TRANSPORT
         self._admit, self._intake = admit, intake
         self._max = max_message_size
         self._receive_buffer = receive_buffer

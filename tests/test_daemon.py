@@ -3,6 +3,8 @@ import json
 import logging
 from ipaddress import ip_address
 
+import structlog
+
 from bansink.actions.dryrun import DryRunBackend
 from bansink.daemon import Enforcer, Throttle
 from bansink.engine.jail import BanDecision
@@ -45,7 +47,12 @@ def test_throttle_allows_one_line_per_key_and_interval_and_counts_the_rest():
 
 def test_stdlib_records_are_rendered_as_json_lines(capsys):
     configure_logging("json", "info")
-    logging.getLogger("asyncio").error("Exception in callback %s", "x")
-    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    try:
+        logging.getLogger("asyncio").error("Exception in callback %s", "x")
+        out = capsys.readouterr().out
+    finally:  # the renderer holds this test's captured stdout: leave none behind
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+    line = json.loads(out.strip().splitlines()[-1])
     assert (line["event"], line["level"], line["logger"]) == ("Exception in callback x", "error",
                                                              "asyncio")

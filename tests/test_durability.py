@@ -26,7 +26,7 @@ def test_resend_memory_finds_repeats_and_is_capped_by_count_and_time():
 def test_writer_skips_unacknowledged_rows_when_backed_up_but_never_reliable_ones(tmp_path):
     async def scenario():
         journal = Journal(tmp_path / "j.db", retention=600, max_rows=1000)
-        writer = JournalWriter(journal, interval=0.01, max_pending=2)
+        writer = JournalWriter(journal, interval=0.01, recent=RecentDigests(60), max_pending=2)
         await writer.open()
         acked = []
         row = JournalRow(1.0, "tcp", "192.0.2.2", b"x", b"")
@@ -52,3 +52,21 @@ def test_replay_rebuilds_counts_and_shortens_bans_by_the_time_passed():
     bans = replay(rows, pipeline, recent, mono_now=500.0, wall_now=wall, counts_since=wall - 600)
     assert [(str(b.ip), round(b.bantime)) for b in bans] == [("203.0.113.7", 80)]
     assert recent.seen(b"d1", wall)  # resends of replayed RELP rows are recognised
+
+
+def test_a_failed_write_forgets_its_digests_so_the_resend_counts(tmp_path):
+    async def scenario():
+        journal = Journal(tmp_path / "j.db", retention=600, max_rows=1000)
+        recent = RecentDigests(60)
+        writer = JournalWriter(journal, interval=0.01, recent=recent)
+        await writer.open()
+        journal.close()  # every write now fails
+        acked = []
+        assert not recent.seen(b"d1", 1.0)
+        writer.put(JournalRow(1.0, "relp", "192.0.2.2", b"x", b"d1"), lambda: acked.append(1))
+        await writer._batcher.close()
+        return writer, recent, acked
+
+    writer, recent, acked = asyncio.run(scenario())
+    assert writer.errors == 1 and acked == []  # never acknowledged
+    assert not recent.seen(b"d1", 2.0)  # the resend is new, not a repeat
