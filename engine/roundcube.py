@@ -5,11 +5,22 @@ Syslog sink, the syslog message's text:
 File sink, one line (forwarded e.g. by rsyslog's imfile):
     2026-08-22T10:00:00+00:00 203.0.113.7 Login failed: host="imap.example", user="bob", code=0
 
-The key=value list is parsed strictly by its grammar: pairs separated by ", ", text values in
-double quotes (the plugin turns a double quote inside a value into a single quote, so a quoted
-value ends at the next double quote), bare values for numbers. A line that breaks the grammar,
-or names a key twice, is malformed: it is never guessed at, so a user name such as
-`x", client_ip="198.51.100.9` cannot move the ban to an address of the attacker's choosing.
+The address comes from one place only: the `client_ip` field (syslog sink) or the line's fixed
+prefix (file sink). `user` and `host` are typed by whoever attempts the login, so nothing in
+them may move that address. The key=value list is parsed by its grammar: pairs separated by
+", ", text values in double quotes, bare values for numbers. The plugin turns a double quote
+inside a value into a single quote and rsyslog forges none (receiver.syslog decodes only control
+characters), so a quoted value ends at the next double quote and a user name such as
+`x", client_ip="198.51.100.9` stays inside the user name.
+
+Should a raw double quote reach a value all the same (a plugin bug, a forged line), the parse
+must still never credit the attacker's address:
+- a quoted `client_ip` cannot be swallowed by a quoted value (it has quotes of its own), so it
+  is always read as the key it is; a second `client_ip` key makes the line malformed;
+- a bare `client_ip` could be, so a bare one is refused when any quoted value also contains
+  `client_ip=`;
+- the file sink's address is positional: its data fields are read for the user name only, and a
+  line whose fields break the grammar still counts against the prefix's address.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ from .events import NOT_MATCHED, EventKind, MalformedEvent, NotMatched, Security
 SERVICE = "roundcube"
 _SYSLOG_PREFIX = "Login failed: "
 _FILE_MARK = " Login failed: "
+_ADDRESS_KEY = "client_ip"
 
 _PAIR = r'([a-z_][a-z0-9_]{0,63})=(?:"([^"]*)"|([^",\s]+))'
 _PAIRS = re.compile(_PAIR)
@@ -30,11 +42,15 @@ _PAIR_LIST = re.compile(f"{_PAIR}(?:, {_PAIR})*")
 _FILE_LINE = re.compile(
     r"(\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d{1,9})?(?:Z|[+-]\d\d:?\d\d)?) (\S+) Login failed: "
 )
-# keys that name an address: they may appear only where the sink's format puts the address
-_ADDRESS_KEYS = ("client_ip", "forwarded_for")
 
 
-def parse_pairs(text: str) -> dict[str, str] | str:
+class Fields(dict[str, str]):
+    """Parsed key=value pairs; `bare` names the keys whose values were not quoted."""
+
+    bare: frozenset[str] = frozenset()
+
+
+def parse_pairs(text: str) -> Fields | str:
     """Parse `key="text", key=123, …` exactly; return the pairs, or the reason it is malformed.
 
     The whole text must match the grammar first; only then are the pairs read out, left to
@@ -44,42 +60,46 @@ def parse_pairs(text: str) -> dict[str, str] | str:
     if _PAIR_LIST.fullmatch(text) is None:
         return "data fields do not follow key=value, key=\"text\", ..."
     found = _PAIRS.findall(text)
-    pairs = {key: quoted or bare for key, quoted, bare in found}
-    if len(pairs) != len(found):
+    fields = Fields((key, quoted or bare) for key, quoted, bare in found)
+    if len(fields) != len(found):
         return "a key is given twice"
-    return pairs
+    fields.bare = frozenset(key for key, _, bare in found if bare)
+    return fields
 
 
-def _forwarded(pairs: dict[str, str]) -> tuple[str, ...]:
-    value = pairs.get("forwarded_for")
-    if not value:
-        return ()
-    return tuple(hop.strip() for hop in value.split(","))
+def _syslog_sink(text: str) -> tuple[str, Fields] | str:
+    """The client_ip and fields of a syslog-sink message, or why it is malformed."""
+    fields = parse_pairs(text)
+    if isinstance(fields, str):
+        return fields
+    client_ip = fields.get(_ADDRESS_KEY)
+    if client_ip is None:
+        return "no client_ip"
+    if _ADDRESS_KEY in fields.bare and any(
+        f"{_ADDRESS_KEY}=" in value for key, value in fields.items()
+        if key != _ADDRESS_KEY and key not in fields.bare
+    ):
+        return "bare client_ip beside a quoted value that names client_ip: ambiguous"
+    return client_ip, fields
 
 
 def roundcube_event(message: SyslogMessage) -> SecurityEvent | NotMatched | MalformedEvent:
     text = message.msg.rstrip()
     if message.msg.startswith(_SYSLOG_PREFIX):
-        pairs = parse_pairs(text[len(_SYSLOG_PREFIX) :])
-        if isinstance(pairs, str):
-            return MalformedEvent(pairs, text)
-        client_ip = pairs.get("client_ip")
-        if client_ip is None:
-            return MalformedEvent("no client_ip", text)
-        chain = (*_forwarded(pairs), client_ip)
+        parsed = _syslog_sink(text[len(_SYSLOG_PREFIX) :])
+        if isinstance(parsed, str):
+            return MalformedEvent(parsed, text)
+        client_ip, fields = parsed
         occurred_at = message.timestamp
     elif _FILE_MARK in text:
         line = _FILE_LINE.match(text)
         if line is None:
             return MalformedEvent("file-sink line without '<timestamp> <client IP>' prefix", text)
-        pairs = parse_pairs(text[line.end() :])
-        if isinstance(pairs, str):
-            return MalformedEvent(pairs, text)
-        if any(key in pairs for key in _ADDRESS_KEYS):
-            return MalformedEvent("address key in a file-sink line", text)
-        chain = (line.group(2),)
-        occurred_at = line.group(1)
+        client_ip, occurred_at = line.group(2), line.group(1)
+        # the fields only name the user: a line whose fields are broken still counts
+        found = parse_pairs(text[line.end() :])
+        fields = found if isinstance(found, Fields) else Fields()
     else:
         return NOT_MATCHED
-    return SecurityEvent(EventKind.LOGIN_FAILED, SERVICE, chain, pairs.get("user"),
-                         pairs.get("host"), occurred_at, message.peer, text)
+    return SecurityEvent(EventKind.LOGIN_FAILED, SERVICE, (client_ip,), fields.get("user"),
+                         fields.get("host"), occurred_at, message.peer, text)

@@ -64,11 +64,14 @@ _RFC3164 = re.compile(
     re.DOTALL,
 )
 
-_ESCAPED_CONTROL = re.compile(r"#([0-3][0-7]{2})")
+# rsyslog escapes control characters only (bytes 0x00-0x1F and 0x7F, `$EscapeControlCharacters
+# OnReceive`): a `#042` in a message is text the sender wrote, and decoding it would forge a
+# character (a double quote after the application replaced every one) that was never sent.
+_ESCAPED_CONTROL = re.compile(r"#(0[0-3][0-7]|177)")
 
 
 def _unescape_control(text: str) -> str:
-    """Undo rsyslog's `#012`-style escaping of control characters (octal 000-037)."""
+    """Undo rsyslog's `#012`-style escaping of control characters (octal 000-037 and 177)."""
     return _ESCAPED_CONTROL.sub(lambda m: chr(int(m.group(1), 8)), text)
 
 

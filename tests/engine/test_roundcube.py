@@ -49,10 +49,11 @@ def test_unknown_client_ip_is_carried_for_the_resolver_to_refuse():
     )
 
 
-def test_forwarded_for_is_prepended_to_the_chain():
-    e = event('Login failed: client_ip="10.0.0.2", forwarded_for="203.0.113.9, 10.0.0.1", '
+def test_forwarded_for_is_not_an_address_source():
+    # the plugin resolves its own proxies; any other field is text, never an address
+    e = event('Login failed: client_ip="203.0.113.7", forwarded_for="198.51.100.9", '
               'user="u", code=0')
-    assert e.client_chain == ("203.0.113.9", "10.0.0.1", "10.0.0.2")
+    assert e.client_chain == ("203.0.113.7",)
 
 
 def test_plugin_escaped_injection_stays_inside_the_user_name():
@@ -72,19 +73,39 @@ def test_plugin_escaped_injection_stays_inside_the_user_name():
         'Login failed: host="h", user="x", client_ip="198.51.100.9", code=0", '
         'client_ip="203.0.113.7"',
         'Login failed: host="h", user="x", client_ip="198.51.100.9" code=0',
-        # a file-sink line that also carries an address key
-        '2026-08-22T10:00:00Z 203.0.113.7 Login failed: host="h", user="x", '
-        'client_ip="198.51.100.9", code=0',
+        # a bare client_ip that a quoted value could have swallowed (raw quotes)
+        'Login failed: user="u", x=", client_ip=203.0.113.7, host=", client_ip=198.51.100.9, '
+        'z=""',
         'Login failed: host="h", user="bob", code=0',  # no client_ip at all
         "Login failed: ",
         'Login failed: client_ip="203.0.113.7",host="h"',
         'Login failed: client_ip="203.0.113.7", host="unterminated',
     ],
-    ids=["dup-key", "dup-key-2", "no-separator", "file-with-key", "no-ip", "empty", "no-space",
+    ids=["dup-key", "dup-key-2", "no-separator", "bare-swallowed", "no-ip", "empty", "no-space",
          "unterminated"],
 )
 def test_lines_that_break_the_grammar_are_malformed_never_guessed(text):
     assert isinstance(roundcube_event(message(text)), MalformedEvent)
+
+
+def test_bare_client_ip_beside_a_user_name_naming_client_ip_is_refused():
+    text = 'Login failed: client_ip=203.0.113.7, user="x, client_ip=198.51.100.9", code=0'
+    assert isinstance(roundcube_event(message(text)), MalformedEvent)
+
+
+def test_quoted_client_ip_beside_a_user_name_naming_client_ip_counts():
+    e = event('Login failed: client_ip="203.0.113.7", user="x, client_ip=198.51.100.9", code=0')
+    assert e.client_chain == ("203.0.113.7",)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    ['host="h", user="x", client_ip="198.51.100.9", code=0',  # an address key in the fields
+     'host="h", user="a"b", code=0'],  # a raw quote breaks the grammar
+)
+def test_file_sink_counts_against_its_prefix_whatever_the_fields_say(fields):
+    e = event(f"2026-08-22T10:00:00Z 203.0.113.7 Login failed: {fields}")
+    assert e.client_chain == ("203.0.113.7",)
 
 
 def test_file_sink_user_name_cannot_forge_the_positional_ip():

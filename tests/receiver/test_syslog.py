@@ -58,6 +58,13 @@ def test_rsyslog_control_character_escapes_are_undone():
     m = parse(b"<38>Aug 22 10:00:01 webmail roundcube[42] multi#012line#011tab")
     assert m.procid == "42"
     assert m.msg == "multi\nline\ttab"
+    assert parse(b"<38>Aug 22 10:00:01 h t: #000#037#177").msg == "\x00\x1f\x7f"
+
+
+@pytest.mark.parametrize("escape", [b"#040", b"#042", b"#047", b"#134", b"#176", b"#200", b"#377"])
+def test_escapes_of_printable_and_8bit_characters_stay_text(escape):
+    # rsyslog escapes control characters only: `#042` is what the sender (a user name) wrote
+    assert parse(b"<13>Aug 22 10:00:00 h t: a" + escape + b"b").msg == f"a{escape.decode()}b"
 
 
 def test_tag_without_hostname():
