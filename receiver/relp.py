@@ -112,6 +112,11 @@ class RelpSession:
     # -- input -------------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
+        if self.state is State.CLOSED or self.state is State.ERROR:
+            # nothing more will be read: drop input (and what was left) so memory stays bounded
+            self._buf.clear()
+            self._pos = 0
+            return
         if not data:
             self._eof = True
             return

@@ -155,3 +155,17 @@ def test_random_garbage_only_ever_raises_relp_protocol_error():
                 events(s, data, step)
             except RelpProtocolError:
                 assert s.state is State.ERROR
+
+
+@pytest.mark.parametrize("ending", [b"2 close 0\n", b"2 syslog 3 abcX"], ids=["close", "error"])
+def test_input_after_close_or_a_framing_error_is_dropped_not_buffered(ending):
+    s = RelpSession()
+    try:
+        events(s, OPEN + ending)
+    except RelpProtocolError:
+        pass
+    assert s.finished
+    for _ in range(160):
+        s.receive_data(b"x" * 65536)
+        assert s.next_event() is CLOSED
+    assert len(s._buf) == 0
