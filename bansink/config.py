@@ -1,41 +1,111 @@
-"""The TOML configuration, validated with pydantic; errors name the key and the problem."""
+"""The TOML configuration, validated with pydantic; errors name the key and the problem.
+
+Every value is bounded, so a file `bansink check-config` accepts also runs: durations are finite
+and within a documented range, integers are real integers (not booleans, not floats such as
+1e12) within limits, and a network that matches every address (`0.0.0.0/0`, `::/0`) must be
+meant (`allow_any = true` in its section)."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import math
+import pwd
 import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_PATH = Path("/etc/bansink/bansink.toml")
+MAX_FILE_SIZE = 1 << 20
+"""A config file larger than this (1 MiB) is refused unread."""
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
+SECOND, MINUTE, HOUR, DAY = 1.0, 60.0, 3600.0, 86400.0
 
-def _duration(value: Any) -> float:
-    """Seconds from a number or a string such as "90", "10m", "1h30m", "250ms"."""
+MAX_BANTIME = 365 * DAY
+"""jail.bantime's upper bound. The kernel refuses longer set-element timeouts with "Numerical
+result out of range" (ERANGE): measured in a network namespace (kernel 6.18, nft 1.0.6, the JSON
+API bansink uses) the largest timeout accepted was 18,446,744,073 s (about 584 years; the
+kernel's limit is U64_MAX nanoseconds in jiffies, so smaller with CONFIG_HZ below 1000), and
+1e12 s was refused. The nft command line refuses 100000000s ("value too large"). 365 days is
+far below every one of these."""
+
+MAX_UDP_RECEIVE_BUFFER = 1 << 30
+"""1 GiB. The kernel caps SO_RCVBUF at net.core.rmem_max anyway (and doubles what it grants)."""
+
+
+def _seconds(value: Any) -> float:
+    """Seconds from a number or a string such as "90", "10m", "1h30m", "250ms"; finite, > 0."""
     if isinstance(value, bool):
         raise ValueError("expected seconds or a duration such as '10m'")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip().replace(" ", "")
-        if re.fullmatch(r"\d+(?:\.\d+)?", text):
-            seconds = float(text)
+    try:
+        if isinstance(value, int | float):
+            seconds = float(value)
+        elif isinstance(value, str):
+            text = value.strip().replace(" ", "")
+            if re.fullmatch(r"\d+(?:\.\d+)?", text):
+                seconds = float(text)
+            else:
+                parts = _DURATION_PART.findall(text)
+                if not parts or "".join(n + u for n, u in parts) != text:
+                    raise ValueError(f"{_shown(value)} is not a duration "
+                                     f"(use e.g. 600, '10m', '1h30m')")
+                seconds = sum(float(n) * _UNITS[u] for n, u in parts)
         else:
-            parts = _DURATION_PART.findall(text)
-            if not parts or "".join(n + u for n, u in parts) != text:
-                raise ValueError(f"{value!r} is not a duration (use e.g. 600, '10m', '1h30m')")
-            seconds = sum(float(n) * _UNITS[u] for n, u in parts)
-    else:
-        raise ValueError("expected seconds or a duration such as '10m'")
+            raise ValueError("expected seconds or a duration such as '10m'")
+    except OverflowError:
+        seconds = math.inf
+    if math.isnan(seconds) or math.isinf(seconds):
+        raise ValueError(f"{_shown(value)} is not a finite duration")
     if seconds <= 0:
         raise ValueError("must be greater than zero")
     return seconds
+
+
+def _human(seconds: float) -> str:
+    """600 -> '10m', 31536000 -> '365d', 0.001 -> '1ms' (for error messages)."""
+    for unit in ("d", "h", "m", "s", "ms"):
+        count = seconds / _UNITS[unit]
+        if count >= 1 and count == round(count):
+            return f"{round(count)}{unit}"
+    return f"{seconds:g}s"
+
+
+def _shown(value: Any) -> str:
+    """repr(value), cut short: error messages stay one readable line."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:30]}...({len(text)} characters)"
+
+
+def _bounded_duration(value: Any, *, low: float, high: float) -> float:
+    seconds = _seconds(value)
+    if seconds < low:
+        raise ValueError(f"{_shown(value)} is too short: at least {_human(low)}")
+    if seconds > high:
+        limit = _human(high) + ("" if high <= 60 else f" ({high:.0f} seconds)")
+        raise ValueError(f"{_shown(value)} is too long: at most {limit}")
+    return seconds
+
+
+def _duration_type(low: float, high: float) -> Any:
+    """A duration type accepting [low, high] seconds (low > 0: zero is always refused)."""
+    return Annotated[float, BeforeValidator(functools.partial(_bounded_duration, low=low,
+                                                              high=high))]
 
 
 def _network(value: Any) -> str:
@@ -45,6 +115,22 @@ def _network(value: Any) -> str:
         return str(ipaddress.ip_network(value.strip(), strict=False))
     except ValueError:
         raise ValueError(f"{value!r} is not an IP address or CIDR network") from None
+
+
+def _no_catch_all(section: str) -> Any:
+    """A field validator refusing a network that matches every address (0.0.0.0/0, ::/0) unless
+    the section's allow_any (declared before the networks) is true."""
+
+    def check(networks: list[str], info: ValidationInfo) -> list[str]:
+        if info.data.get("allow_any") is True:
+            return networks
+        for index, network in enumerate(networks):
+            if ipaddress.ip_network(network).prefixlen == 0:
+                raise ValueError(f"[{index}] {network!r} matches every address; set "
+                                 f"{section}.allow_any = true if that is really meant")
+        return networks
+
+    return check
 
 
 def _listen(value: Any) -> tuple[str, int]:
@@ -64,10 +150,49 @@ def _listen(value: Any) -> tuple[str, int]:
     return host, int(port)
 
 
-Duration = Annotated[float, BeforeValidator(_duration)]
+def _file_name(value: Any) -> str:
+    if isinstance(value, str) and "\0" in value:
+        raise ValueError("a file name cannot contain a NUL character")
+    return value
+
+
+def _uid(user: str | int) -> int:
+    """The uid of a local account name, or a numeric uid checked for range."""
+    if isinstance(user, int):
+        return user
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except (KeyError, ValueError):
+        raise ValueError(f"no local user {user!r} (write numeric uids without quotes)") from None
+
+
+def _local_user(value: Any) -> str | int:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError("expected a user name or a numeric uid")
+    if isinstance(value, int) and not 0 <= value < 0xFFFFFFFF:
+        raise ValueError(f"uid {value} is out of range (0 to 4294967294)")
+    _uid(value)
+    return value
+
+
 Network = Annotated[str, BeforeValidator(_network)]
 Listen = Annotated[tuple[str, int], BeforeValidator(_listen)]
-Port = Annotated[int, Field(gt=0, lt=65536)]
+FileName = Annotated[str, BeforeValidator(_file_name)]
+LocalUser = Annotated[str | int, BeforeValidator(_local_user)]
+Port = Annotated[int, Field(strict=True, gt=0, lt=65536)]
+
+CommitInterval = _duration_type(0.0, 1.0)
+"""A batching tick: more than zero, at most 1 second."""
+IdleTimeout = _duration_type(SECOND, DAY)
+FindTime = _duration_type(SECOND, 30 * DAY)
+BanTime = _duration_type(SECOND, MAX_BANTIME)
+Retention = _duration_type(SECOND, 365 * DAY)
+RelpDedupe = _duration_type(SECOND, DAY)
+
+
+def _count(default: int, low: int, high: int) -> Any:
+    """An integer field: strict (no bool, no float, no string), low <= value <= high."""
+    return Field(default, strict=True, ge=low, le=high)
 
 
 class _Section(BaseModel):
@@ -75,11 +200,11 @@ class _Section(BaseModel):
 
 
 class TlsConfig(_Section):
-    certificate: str = ""
+    certificate: FileName = ""
     """PEM file with the server certificate (and chain)."""
-    key: str = ""
+    key: FileName = ""
     """PEM file with its private key."""
-    client_ca: str = ""
+    client_ca: FileName = ""
     """If set, senders must present a certificate signed by this CA (PEM)."""
     client_names: list[str] = []
     """With client_ca: accept only certificates naming one of these (DNS SAN or CN); empty: any
@@ -87,8 +212,16 @@ class TlsConfig(_Section):
 
 
 class ReceiverConfig(_Section):
+    allow_any: bool = Field(False, strict=True)
+    """Must be true for `senders` to list a network matching every address (0.0.0.0/0, ::/0):
+    then anyone who reaches a listener can have any address banned."""
     senders: list[Network] = ["127.0.0.0/8", "::1/128"]
     """Only these hosts may send syslog; everything else is dropped (TCP: closed at accept)."""
+    loopback_users: list[LocalUser] = ["root"]
+    """Local accounts allowed to send syslog to bansink's listeners over the loopback interface;
+    enforced with an nftables `meta skuid` rule in bansink's own table. [] lets any local account
+    send (then any local user can get any address banned). User names (resolved to uids when the
+    config is validated; an unknown name is an error) or numeric uids; see `loopback_uids`."""
     udp: list[Listen] = [("127.0.0.1", 514), ("::1", 514)]
     tcp: list[Listen] = [("127.0.0.1", 514), ("::1", 514)]
     relp: list[Listen] = [("127.0.0.1", 20514), ("::1", 20514)]
@@ -97,25 +230,53 @@ class ReceiverConfig(_Section):
     relp_tls: list[Listen] = []
     """RELP over TLS from the first byte (omrelp tls="on"); needs tls_settings."""
     tls_settings: TlsConfig = TlsConfig()
-    max_message_size: int = Field(8192, ge=480, le=1 << 20)
-    relp_max_frame_size: int = Field(128 * 1024, ge=480, le=16 << 20)
+    max_message_size: int = _count(8192, 480, 1 << 20)
+    relp_max_frame_size: int = _count(128 * 1024, 480, 16 << 20)
     """RELP DATALEN limit (librelp's default: 128 KiB); a larger frame closes the session."""
-    max_connections: int = Field(1024, ge=1)
-    max_connections_per_sender: int = Field(64, ge=1)
-    idle_timeout: Duration = 600.0
-    udp_receive_buffer: int = Field(8 << 20, ge=65536)
+    max_connections: int = _count(1024, 1, 1_000_000)
+    """TCP, TLS and RELP connections in total: 1 to 1,000,000."""
+    max_connections_per_sender: int = _count(64, 1, 1_000_000)
+    """Connections from one sender address: 1 to 1,000,000."""
+    idle_timeout: IdleTimeout = 600.0
+    """Close connections silent for this long: 1 second to 1 day."""
+    udp_receive_buffer: int = _count(8 << 20, 65536, MAX_UDP_RECEIVE_BUFFER)
+    """SO_RCVBUF in bytes: 64 KiB to 1 GiB (the kernel caps it at net.core.rmem_max anyway)."""
+
+    _loopback_uids: tuple[int, ...] = PrivateAttr(())
+
+    _senders_are_meant = field_validator("senders")(_no_catch_all("receiver"))
+
+    @model_validator(mode="after")
+    def _resolve_loopback_users(self) -> ReceiverConfig:
+        self._loopback_uids = tuple(dict.fromkeys(_uid(u) for u in self.loopback_users))
+        return self
+
+    @property
+    def loopback_uids(self) -> tuple[int, ...]:
+        """`loopback_users` as uids, resolved when the config was validated (no duplicates)."""
+        return self._loopback_uids
 
 
 class EngineConfig(_Section):
+    allow_any: bool = Field(False, strict=True)
+    """Must be true for `trusted_proxies` or `ignoreip` to list a network matching every address
+    (0.0.0.0/0, ::/0): every client could then pick the address counted, or none is banned."""
     trusted_proxies: list[Network] = []
     ignoreip: list[Network] = ["127.0.0.0/8", "::1/128"]
-    max_tracked: int = Field(1_000_000, ge=1)
+    max_tracked: int = _count(1_000_000, 1, 100_000_000)
+    """Addresses whose failures are counted at once: 1 to 100 million."""
+
+    _networks_are_meant = field_validator("trusted_proxies", "ignoreip")(
+        _no_catch_all("engine"))
 
 
 class JailConfig(_Section):
-    maxretry: int = Field(6, ge=1)
-    findtime: Duration = 600.0
-    bantime: Duration = 3600.0
+    maxretry: int = _count(6, 1, 1000)
+    """Failures within findtime that ban: 1 to 1000."""
+    findtime: FindTime = 600.0
+    """Window in which failures count: 1 second to 30 days."""
+    bantime: BanTime = 3600.0
+    """How long a ban lasts: 1 second to 365 days (see MAX_BANTIME for the kernel's limit)."""
 
 
 class NftablesConfig(_Section):
@@ -125,21 +286,31 @@ class NftablesConfig(_Section):
     set4: str = Field("ban4", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
     set6: str = Field("ban6", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
     chain: str = Field("input", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
-    priority: int = Field(-10, ge=-400, le=400)
+    priority: int = _count(-10, -400, 400)
     ports: list[Port] = []
     """Drop banned clients on these destination ports only (TCP and UDP); empty: all traffic."""
-    commit_interval: Duration = 0.01
+    commit_interval: CommitInterval = 0.01
+    """Bans decided within this tick go to the kernel in one transaction: more than zero, at most
+    1 second."""
 
 
 class JournalConfig(_Section):
-    path: str = "/var/lib/bansink/journal.db"
+    path: FileName = "/var/lib/bansink/journal.db"
     """SQLite file of the messages that counted; "" turns it off (RELP then answers on receipt,
     without its no-loss guarantee, and counts do not survive a restart)."""
-    commit_interval: Duration = 0.005
-    retention: Duration = 86400.0
-    max_rows: int = Field(1_000_000, ge=1000)
-    relp_dedupe: Duration = 600.0
-    """How long a RELP message's digest is remembered to drop its resends after a reconnect."""
+    commit_interval: CommitInterval = 0.005
+    """Rows arriving within this tick go to disk in one commit: more than zero, at most 1 second."""
+    retention: Retention = 86400.0
+    """Rows older than this are deleted: 1 second to 365 days, and at least jail.findtime."""
+    max_rows: int = _count(1_000_000, 1000, 100_000_000)
+    """Past this many rows the oldest go first: 1000 to 100 million (about 200 bytes a row)."""
+    relp_dedupe: RelpDedupe = 600.0
+    """How long after a RELP session broke its last frames are matched against resends: 1 second
+    to 1 day."""
+    relp_window: int = _count(1024, 1, 65536)
+    """The most frames a RELP sender keeps unacknowledged (omrelp's windowSize; librelp's default
+    is 128). After a session breaks, this many of its last frames are matched against the resends
+    that open its sender's next session."""
 
 
 class LogConfig(_Section):
@@ -200,16 +371,35 @@ def parse_config(data: dict[str, Any], source: str = "config") -> Config:
         return Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_explain(exc, source)) from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply") from None
 
 
 def load_config(path: Path) -> Config:
+    """Read and validate a TOML file; every problem is a ConfigError naming the file."""
     try:
         with path.open("rb") as f:
-            data = tomllib.load(f)
+            raw = f.read(MAX_FILE_SIZE + 1)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
     except PermissionError:
         raise ConfigError(f"{path}: permission denied") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_FILE_SIZE:
+        raise ConfigError(f"{path}: larger than {MAX_FILE_SIZE} bytes, not a config file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 (line {line}, byte "
+                          f"{exc.start})") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
     return parse_config(data, str(path))
