@@ -53,6 +53,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    """Validate the file as `run` would load it: exit 0, or 2 with one line per problem."""
     load_config(args.path)
     print(f"{args.path}: OK")
     return 0
@@ -88,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as exc:
-        return _fail(f"bad config:\n{exc}", 2)
+        # one line per problem, each naming the file and the key: `bansink: bad config: PATH: ...`
+        for line in str(exc).splitlines():
+            _fail(f"bad config: {line}")
+        return 2
     except BackendUnavailable as exc:
         return _fail(str(exc))
     except NftablesError as exc:
