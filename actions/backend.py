@@ -13,6 +13,9 @@ class CommitResult:
     bans: tuple[BanDecision, ...]
     error: str | None = None
     """None on success; otherwise what the backend said (none of `bans` took effect)."""
+    rebuilt: bool = False
+    """The backend found its table (or a set) gone and re-created it before retrying: every
+    ban from earlier commits was lost and must be added again by the caller."""
 
     @property
     def ok(self) -> bool:
@@ -28,6 +31,11 @@ class BanBackend(Protocol):
 
     def commit(self) -> CommitResult:
         """Apply every queued ban in one transaction (blocking: run it off the event loop)."""
+
+    def verify(self) -> str | None:
+        """Cheaply check that enforcement is still in place (blocking, on the commit thread).
+        None when it is; otherwise rebuild it and return one line saying what was missing:
+        earlier bans may be gone, so the caller adds back those still running."""
 
 
 class BackendUnavailable(Exception):

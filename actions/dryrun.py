@@ -20,3 +20,6 @@ class DryRunBackend:
     def commit(self) -> CommitResult:
         bans, self._pending = tuple(self._pending), []
         return CommitResult(bans)
+
+    def verify(self) -> str | None:
+        return None  # nothing enforced, nothing to lose
