@@ -339,8 +339,8 @@ class Config(_Section):
     @model_validator(mode="after")
     def _retention_covers_findtime(self) -> Config:
         if self.journal.path and self.journal.retention < self.jail.findtime:
-            raise ValueError(f"journal.retention ({self.journal.retention:g}s) must be at least "
-                             f"jail.findtime ({self.jail.findtime:g}s)")
+            raise ValueError(f"journal.retention ({_human(self.journal.retention)}) must be at "
+                             f"least jail.findtime ({_human(self.jail.findtime)})")
         return self
 
 
