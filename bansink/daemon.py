@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+import sqlite3
 import ssl
 import time
-from collections import Counter
+from collections import Counter, defaultdict, deque
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
@@ -28,12 +29,14 @@ from bansink.receiver.udp import UdpListener
 
 from .batching import TickBatcher
 from .config import Config
-from .durability import Done, JournalWriter, RecentDigests, digest_of, journal_row, replay
-from .journal import Journal
+from .durability import Done, JournalWriter, ResendGuard, digest_of, journal_row, replay
+from .journal import Journal, is_damage
 
 log = structlog.get_logger("bansink")
 
 STATS_INTERVAL = 60.0
+HOUSEKEEPING_TICK = 1.0
+"""How often the journal file (and the nftables table) are checked to be still in place."""
 
 
 class ListenError(Exception):
@@ -102,23 +105,29 @@ class Intake:
     """Receives what the listeners deliver, runs it through the pipeline, logs what matters."""
 
     def __init__(self, pipeline: SecurityPipeline, enforcer: Enforcer,
-                 journal: JournalWriter | None, recent: RecentDigests) -> None:
+                 journal: JournalWriter | None, guard: ResendGuard) -> None:
         self.pipeline, self.enforcer, self.journal = pipeline, enforcer, journal
-        self.recent = recent
+        self.guard = guard
         self.received: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
         self.throttle = Throttle()
         self._loop = asyncio.get_running_loop()
 
     def on_message(self, message: SyslogMessage | MalformedSyslog, transport: str) -> None:
-        self._take(message, transport, None)
+        self._take(message, transport, None, 0)
 
     def on_reliable_message(self, message: SyslogMessage | MalformedSyslog, transport: str,
-                            done: Done) -> None:
-        self._take(message, transport, done)
+                            done: Done, *, session: int) -> None:
+        self._take(message, transport, done, session)
+
+    def relp_session_started(self, session: int, peer: str) -> None:
+        self.guard.session_started(session, peer, self._loop.time())
+
+    def relp_session_ended(self, session: int, peer: str, clean: bool) -> None:
+        self.guard.session_ended(session, peer, clean, self._loop.time())
 
     def _take(self, message: SyslogMessage | MalformedSyslog, transport: str,
-              done: Done | None) -> None:
+              done: Done | None, session: int) -> None:
         """Count, decide, keep. `done` (a RELP ack) runs once the message is durable: after its
         journal row is committed, or at once when it did not count toward anything."""
         self.received[transport] += 1
@@ -137,16 +146,18 @@ class Intake:
         digest = b""  # only RELP resends need finding
         if done is not None:
             digest = digest_of(message)
-            if self.recent.seen(digest, message.received_at):
+            if self.guard.is_resend(session, digest):
                 # a resend after a reconnect: answer it once the original is on disk (a barrier)
                 self.drops["relp_resend"] += 1
                 self.journal.put(None, done) if self.journal is not None else done()
                 return
         outcome = self.pipeline.handle(message, now)
         kind = type(outcome)
+        if done is not None:
+            self.guard.took(session, digest, counted=kind is Counted or kind is Banned)
         if kind is Counted or kind is Banned:
             if self.journal is not None:
-                self.journal.put(journal_row(message, transport, digest), done)
+                self.journal.put(journal_row(message, transport, digest), done, session)
             elif done is not None:
                 done()
             if kind is Banned:
@@ -181,11 +192,14 @@ class Intake:
             "outcomes": dict(self.pipeline.counts),
             "tracked": self.pipeline.jail.tracked,
             "evicted": self.pipeline.jail.evicted,
+            "relp_resend_memory": self.guard.remembered,
             "bans": self.enforcer.bans,
             "ban_errors": self.enforcer.errors,
             **({"journal_rows": self.journal.rows, "journal_commits": self.journal.commits,
                 "journal_errors": self.journal.errors, "journal_skipped": self.journal.skipped,
-                "journal_pending": self.journal.pending} if self.journal is not None else {}),
+                "journal_pending": self.journal.pending,
+                "journal_recoveries": self.journal.recoveries}
+               if self.journal is not None else {}),
         }
 
 
@@ -248,21 +262,34 @@ def _listeners(config: Config, intake: Intake) -> list[UdpListener | TcpListener
 
 
 async def _replay(journal: JournalWriter, config: Config, pipeline: SecurityPipeline,
-                  recent: RecentDigests, enforcer: Enforcer) -> None:
-    """Rebuild failure counts (and the RELP resend memory) from the journal."""
+                  guard: ResendGuard, enforcer: Enforcer) -> None:
+    """Rebuild failure counts (and the RELP resend candidates) from the journal. A file that
+    turns out damaged part-way is moved aside; what was read from it still counts."""
     loop = asyncio.get_running_loop()
     started, wall = loop.time(), time.time()
     horizon = max(config.jail.findtime, config.journal.relp_dedupe)
-    rows = journal.journal.replay(wall - horizon)
+    tails: defaultdict[str, deque[bytes]] = defaultdict(lambda: deque(maxlen=guard.window))
     count = banned = 0
-    while chunk := await journal.run_blocking(lambda: list(islice(rows, 10_000))):
-        # in chunks: a full store does not have to fit in memory at once
-        for ban in replay(chunk, pipeline, recent, loop.time(), wall,
-                          counts_since=wall - config.jail.findtime):
-            enforcer.ban(ban)
-            banned += 1
-        count += len(chunk)
-    stats = await journal.run_blocking(journal.journal.stats)
+    try:
+        rows = journal.journal.replay(wall - horizon)
+        while chunk := await journal.run_blocking(lambda: list(islice(rows, 10_000))):
+            # in chunks: a full store does not have to fit in memory at once
+            for ban in replay(chunk, pipeline, tails, loop.time(), wall,
+                              counts_since=wall - config.jail.findtime):
+                enforcer.ban(ban)
+                banned += 1
+            count += len(chunk)
+        stats = await journal.run_blocking(journal.journal.stats)
+    except sqlite3.DatabaseError as exc:
+        if not is_damage(exc):
+            raise
+        aside, _ = await journal.run_blocking(lambda: journal.journal.recover(wall))
+        log.error("journal_recovered_from_damage", fault=str(exc), moved_to=aside,
+                  replayed_before=count)
+        stats = {}
+    # every session broke when bansink stopped: the senders' next sessions may resend
+    for sender, digests in tails.items():
+        guard.restore(sender, digests, loop.time() + config.journal.relp_dedupe)
     log.info("replayed", rows=count, bans=banned, tracked=pipeline.jail.tracked,
              seconds=round(loop.time() - started, 3), **stats)
 
@@ -276,15 +303,17 @@ async def serve(config: Config, backend: BanBackend, stop: asyncio.Event | None 
     enforcer = Enforcer(backend, config.nftables.commit_interval)
     await enforcer.setup()
     pipeline = build_pipeline(config)
-    recent = RecentDigests(config.journal.relp_dedupe)
+    guard = ResendGuard(config.journal.relp_window, config.journal.relp_dedupe)
     journal = None
     if config.journal.path:
         jc = config.journal
         journal = JournalWriter(Journal(Path(jc.path), retention=jc.retention,
-                                        max_rows=jc.max_rows), jc.commit_interval, recent)
-        await journal.open()
-        await _replay(journal, config, pipeline, recent, enforcer)
-    intake = Intake(pipeline, enforcer, journal, recent)
+                                        max_rows=jc.max_rows), jc.commit_interval, guard,
+                                salvage_horizon=max(config.jail.findtime, jc.relp_dedupe))
+        for event, fields in await journal.open():
+            log.error(event, **fields)
+        await _replay(journal, config, pipeline, guard, enforcer)
+    intake = Intake(pipeline, enforcer, journal, guard)
     loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("stats", **intake.stats()))
     listeners = _listeners(config, intake)
     try:
@@ -305,18 +334,23 @@ async def serve(config: Config, backend: BanBackend, stop: asyncio.Event | None 
         gc.set_threshold(100_000, 50, 100)
         log.info("started", senders=config.receiver.senders, maxretry=config.jail.maxretry,
                  findtime=config.jail.findtime, bantime=config.jail.bantime)
-        tick = min(config.jail.findtime / 4, 30.0)
-        last_stats = loop.time()
+        prune_every = min(config.jail.findtime / 4, 30.0)
+        last_prune = last_stats = loop.time()
         while not stop.is_set():
             try:
-                await asyncio.wait_for(stop.wait(), timeout=tick)
+                await asyncio.wait_for(stop.wait(), timeout=HOUSEKEEPING_TICK)
             except TimeoutError:
                 pass
-            pipeline.expire(loop.time())
+            now = loop.time()
+            guard.expire(now)
+            prune = now - last_prune >= prune_every
+            if prune:
+                last_prune = now
+                pipeline.expire(now)
             if journal is not None:
-                await journal.run_blocking(lambda: journal.journal.prune(time.time()))
-            if loop.time() - last_stats >= STATS_INTERVAL:
-                last_stats = loop.time()
+                await journal.housekeeping(time.time(), prune=prune)
+            if now - last_stats >= STATS_INTERVAL:
+                last_stats = now
                 log.info("stats", **intake.stats())
     finally:
         for listener in listeners:

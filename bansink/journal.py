@@ -4,13 +4,25 @@ RELP acknowledges a message only once its row is committed here, and start-up re
 still inside `findtime`, so failure counts survive a crash. Rows are written in batches: one
 transaction (one fsync with synchronous=FULL) per batch, never one per message.
 
+Faults are told apart, because each wants a different answer:
+- JournalError: the journal cannot be used at all (a bad path, a newer schema): start-up stops.
+- JournalDamaged: the file is corrupt, not a database, or was deleted or replaced while open:
+  `recover()` moves what is left aside (or salvages the rows of a deleted file) and starts a
+  fresh file at the same path; the kernel sets still hold the bans.
+- anything else from sqlite3/OS (a full disk, an I/O error): passing; the caller retries.
+
+Its files hold user names and client addresses: they are created 0600 in a 0700 directory,
+whatever the umask, and an existing journal is made 0600 when opened.
+
 Blocking: call it from one writer thread. It holds no locks of its own.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from functools import lru_cache
 from itertools import chain
 from pathlib import Path
@@ -57,26 +69,93 @@ class JournalError(Exception):
     pass
 
 
+class JournalDamaged(JournalError):
+    """The file is corrupt, not a database, or no longer the one that was opened."""
+
+    committed = False
+    """True when found right after a commit: the rows went into the file that was deleted or
+    replaced (recover() salvages them), so they must not be written again."""
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_DAMAGED_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
+_SIDE_FILES = ("-wal", "-shm")
+
+
+def is_damage(exc: BaseException) -> bool:
+    """True for sqlite3 errors that mean the file itself is damaged (not a full disk)."""
+    return isinstance(exc, JournalDamaged) or (
+        isinstance(exc, sqlite3.DatabaseError)
+        and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _DAMAGED_CODES)
+
+
+def _private_file(path: Path) -> None:
+    """Create path 0600 if missing (whatever the umask); make an existing one 0600."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+def _private_directory(path: Path) -> None:
+    """Create missing directories 0700 (whatever the umask); existing ones are left as they are
+    (journal.path may point into a shared directory)."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for directory in reversed(missing):
+        directory.mkdir()
+        os.chmod(directory, 0o700)
+
+
+def _roll_back(db: sqlite3.Connection) -> None:
+    """End a failed transaction (a full disk) so that the next one can begin."""
+    if db.in_transaction:
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # SQLite rolled back itself
+
+
 class Journal:
     def __init__(self, path: Path, *, retention: float, max_rows: int) -> None:
         self.path = path
         self.retention = retention
         self.max_rows = max_rows
         self._db: sqlite3.Connection | None = None
+        self._fd: int | None = None  # the file as opened: tells deletion and replacement
 
     def open(self) -> None:
+        """Open or create the journal; JournalDamaged if the file is not a sound journal."""
+        if self._db is not None:
+            return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _private_directory(self.path.parent)
+            _private_file(self.path)
+            for suffix in _SIDE_FILES:
+                side = self.path.with_name(self.path.name + suffix)
+                if side.exists():
+                    _private_file(side)
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except (sqlite3.Error, OSError) as exc:
+            raise JournalError(f"{self.path}: {exc}") from None
+        try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise JournalDamaged(f"{self.path}: quick_check: {check}")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise JournalError(f"{self.path}: schema version {version} is newer than this "
                                    f"bansink understands ({SCHEMA_VERSION})")
             for step in range(version + 1, SCHEMA_VERSION + 1):
                 db.executescript(f"BEGIN; {_UPGRADES[step]} PRAGMA user_version={step}; COMMIT;")
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
         except (sqlite3.Error, OSError) as exc:
+            db.close()
+            if isinstance(exc, JournalError) or is_damage(exc):
+                raise JournalDamaged(str(exc) if isinstance(exc, JournalError)
+                                     else f"{self.path}: {exc}") from None
             raise JournalError(f"{self.path}: {exc}") from None
         self._db = db
 
@@ -84,6 +163,62 @@ class Journal:
         if self._db is not None:
             self._db.close()
             self._db = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _whereabouts(self) -> str | None:
+        """None while the path names the opened file with a sound header; else what happened:
+        "deleted", "replaced" or "overwritten"."""
+        if self._fd is None:
+            raise JournalError("journal is not open")
+        opened = os.fstat(self._fd)
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return "deleted"
+        if (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino):
+            return "replaced"
+        header = os.pread(self._fd, len(_SQLITE_MAGIC), 0)
+        return "overwritten" if header and header != _SQLITE_MAGIC else None
+
+    def verify(self) -> None:
+        """Raise JournalDamaged if the path no longer names the file that was opened (deleted,
+        replaced) or its header is no longer SQLite's. Cheap: two stats and a 16-byte read."""
+        fault = self._whereabouts()
+        if fault is not None:
+            raise JournalDamaged(f"{self.path} was {fault} while open")
+
+    def recover(self, since: float) -> tuple[str | None, int]:
+        """After JournalDamaged: start a fresh file at the path. A damaged file is moved aside
+        (with its -wal and -shm) as `<name>.damaged-<UTC time>`; from a file that was deleted or
+        replaced, the rows received since `since` are salvaged (the open connection still reads
+        it) and a replacing file is moved aside as `<name>.replaced-<UTC time>`. Returns (where
+        a file was moved, rows salvaged)."""
+        fault = self._whereabouts() if self._fd is not None else None
+        salvaged: list[JournalRow] = []
+        if fault in ("deleted", "replaced") and self._db is not None:
+            try:
+                salvaged = list(self.replay(since))
+            except sqlite3.Error:
+                salvaged = []
+        self.close()  # checkpoints into the opened file and removes its -wal and -shm
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        aside = None
+        if fault in ("deleted", "replaced"):
+            if self.path.exists():
+                aside = self.path.with_name(f"{self.path.name}.replaced-{stamp}")
+                self.path.rename(aside)
+        elif self.path.exists():
+            aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
+            for suffix in ("", *_SIDE_FILES):
+                source = self.path.with_name(self.path.name + suffix)
+                if source.exists():
+                    source.rename(aside.with_name(aside.name + suffix))
+        self.open()
+        if salvaged:
+            self.append(salvaged)
+        return (str(aside) if aside else None), len(salvaged)
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -100,10 +235,21 @@ class Journal:
         """
         db = self.db
         db.execute("BEGIN")
-        for start in range(0, len(rows), _ROWS_PER_INSERT):
-            chunk = rows[start : start + _ROWS_PER_INSERT]
-            db.execute(_insert_sql(len(chunk)), list(chain.from_iterable(chunk)))
-        db.execute("COMMIT")
+        try:
+            for start in range(0, len(rows), _ROWS_PER_INSERT):
+                chunk = rows[start : start + _ROWS_PER_INSERT]
+                db.execute(_insert_sql(len(chunk)), list(chain.from_iterable(chunk)))
+            db.execute("COMMIT")
+        except BaseException:
+            _roll_back(db)
+            raise
+        # committed, but into the file at the path? (not into a deleted one: nothing may be
+        # acknowledged that a restart would not find)
+        try:
+            self.verify()
+        except JournalDamaged as exc:
+            exc.committed = True
+            raise
 
     def replay(self, since: float) -> Iterator[JournalRow]:
         """Rows received at or after `since` (wall clock), oldest first."""
@@ -117,12 +263,16 @@ class Journal:
         """Drop rows older than `retention`, then the oldest past `max_rows`; return how many."""
         db = self.db
         db.execute("BEGIN")
-        dropped = db.execute("DELETE FROM message WHERE received_at < ?",
-                             (now - self.retention,)).rowcount
-        dropped += db.execute(
-            "DELETE FROM message WHERE id <= (SELECT id FROM message ORDER BY id DESC "
-            "LIMIT 1 OFFSET ?)", (self.max_rows,)).rowcount
-        db.execute("COMMIT")
+        try:
+            dropped = db.execute("DELETE FROM message WHERE received_at < ?",
+                                 (now - self.retention,)).rowcount
+            dropped += db.execute(
+                "DELETE FROM message WHERE id <= (SELECT id FROM message ORDER BY id DESC "
+                "LIMIT 1 OFFSET ?)", (self.max_rows,)).rowcount
+            db.execute("COMMIT")
+        except BaseException:
+            _roll_back(db)
+            raise
         return dropped
 
     def stats(self) -> dict[str, int]:

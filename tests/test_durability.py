@@ -1,35 +1,122 @@
 import asyncio
+import os
+import time
+from collections import defaultdict, deque
 
 from bansink.config import parse_config
 from bansink.daemon import build_pipeline
-from bansink.durability import JournalWriter, RecentDigests, replay
+from bansink.durability import JournalWriter, ResendGuard, replay
 from bansink.journal import Journal, JournalRow
 
 RAW = (b'<38>Aug 22 10:00:00 web roundcube: Login failed: client_ip="203.0.113.7", '
        b'user="u{}", code=0')
+S = "192.0.2.2"
 
 
-def test_resend_memory_finds_repeats_and_is_capped_by_count_and_time():
-    recent = RecentDigests(horizon=60, max_entries=3)
-    assert not recent.seen(b"a", 0.0)
-    assert recent.seen(b"a", 1.0)
-    for d in (b"b", b"c", b"d"):
-        assert not recent.seen(d, 2.0)
-    assert not recent.seen(b"a", 3.0)  # pushed out by the count cap
-    old = RecentDigests(horizon=60)
-    old.seen(b"x", 0.0)
-    for i in range(1024):  # the time horizon is enforced every 1024 inserts
-        old.seen(i.to_bytes(4, "big"), 100.0)
-    assert not old.seen(b"x", 100.0)
+def take(guard: ResendGuard, session: int, digests: list[bytes]) -> list[bool]:
+    """Feed frames of one session; True where a frame is taken for a resend."""
+    found = []
+    for d in digests:
+        resend = guard.is_resend(session, d)
+        if not resend:
+            guard.took(session, d, counted=True)
+        found.append(resend)
+    return found
+
+
+def test_identical_frames_in_a_healthy_session_all_count():
+    guard = ResendGuard(window=128, horizon=600)
+    guard.session_started(1, S, 0.0)
+    assert take(guard, 1, [b"same"] * 50) == [False] * 50
+    guard.session_ended(1, S, clean=True, now=1.0)
+    guard.session_started(2, S, 2.0)  # after a clean close nothing is resent
+    assert take(guard, 2, [b"same"] * 3) == [False] * 3
+
+
+def test_after_a_break_the_next_session_s_first_frames_that_were_taken_are_resends():
+    guard = ResendGuard(window=128, horizon=600)
+    guard.session_started(1, S, 0.0)
+    take(guard, 1, [b"a", b"b", b"c"])
+    guard.session_ended(1, S, clean=False, now=1.0)
+    guard.session_started(2, S, 2.0)
+    # librelp resends b and c (a's ack arrived), then d it never got through, then new ones
+    assert take(guard, 2, [b"b", b"c", b"d", b"b", b"c"]) == [True, True, False, False, False]
+
+
+def test_genuine_repeats_after_the_resends_count():
+    guard = ResendGuard(window=128, horizon=600)
+    guard.session_started(1, S, 0.0)
+    take(guard, 1, [b"x"] * 5)
+    guard.session_ended(1, S, clean=False, now=1.0)
+    guard.session_started(2, S, 2.0)
+    # two resends, then a new message: each remembered frame matches at most once
+    assert take(guard, 2, [b"x", b"x", b"new", b"x"]) == [True, True, False, False]
+
+
+def test_frames_that_count_toward_nothing_do_not_end_the_resends():
+    guard = ResendGuard(window=128, horizon=600)
+    guard.session_started(1, S, 0.0)
+    take(guard, 1, [b"a"])
+    guard.session_ended(1, S, clean=False, now=1.0)
+    guard.session_started(2, S, 2.0)
+    assert not guard.is_resend(2, b"cron line")
+    guard.took(2, b"cron line", counted=False)
+    assert guard.is_resend(2, b"a")
+
+
+def test_only_the_window_and_the_horizon_are_remembered():
+    guard = ResendGuard(window=2, horizon=60)
+    guard.session_started(1, S, 0.0)
+    take(guard, 1, [b"a", b"b", b"c"])
+    guard.session_ended(1, S, clean=False, now=1.0)
+    guard.session_started(2, S, 2.0)
+    assert take(guard, 2, [b"a"]) == [False]  # older than the last 2 frames
+    guard.session_ended(2, S, clean=False, now=3.0)
+    guard.session_started(3, S, 100.0)  # past the horizon
+    assert take(guard, 3, [b"b", b"c"]) == [False, False]
+    assert guard.remembered == 2  # session 3's own tail
+
+
+def test_other_senders_and_concurrent_sessions_are_unaffected():
+    guard = ResendGuard(window=128, horizon=600)
+    guard.session_started(1, S, 0.0)
+    take(guard, 1, [b"a"])
+    guard.session_started(2, "192.0.2.3", 0.0)
+    guard.session_ended(1, S, clean=False, now=1.0)
+    assert take(guard, 2, [b"a"]) == [False]  # another sender, another session
+
+
+def test_a_failed_write_forgets_its_digests_so_the_resend_counts(tmp_path):
+    guard = ResendGuard(window=128, horizon=600)
+
+    async def scenario():
+        journal = Journal(tmp_path / "j.db", retention=600, max_rows=1000)
+        writer = JournalWriter(journal, interval=0.01, guard=guard, salvage_horizon=600)
+        await writer.open()
+        guard.session_started(7, S, 0.0)
+        guard.took(7, b"d1", counted=True)
+        journal.db.execute("PRAGMA query_only=1")  # every write now fails (not damage)
+        acked = []
+        writer.put(JournalRow(1.0, "relp", S, b"x", b"d1"), lambda: acked.append(1), 7)
+        await writer._batcher.close()
+        journal.close()
+        return writer, acked
+
+    writer, acked = asyncio.run(scenario())
+    assert writer.errors == 1 and writer.failing and acked == []  # never acknowledged
+    guard.session_ended(7, S, clean=False, now=1.0)
+    guard.session_started(8, S, 2.0)
+    assert not guard.is_resend(8, b"d1")  # the resend is new, not a repeat
 
 
 def test_writer_skips_unacknowledged_rows_when_backed_up_but_never_reliable_ones(tmp_path):
     async def scenario():
         journal = Journal(tmp_path / "j.db", retention=600, max_rows=1000)
-        writer = JournalWriter(journal, interval=0.01, recent=RecentDigests(60), max_pending=2)
+        writer = JournalWriter(journal, interval=0.01, guard=ResendGuard(128, 60),
+                               salvage_horizon=600, max_pending=2)
         await writer.open()
         acked = []
-        row = JournalRow(1.0, "tcp", "192.0.2.2", b"x", b"")
+        row = JournalRow(1.0, "tcp", S, b"x", b"")
         writer.put(row, None)
         writer.put(row, None)
         writer.put(row, None)  # a third unacknowledged row while two wait: skipped
@@ -43,30 +130,40 @@ def test_writer_skips_unacknowledged_rows_when_backed_up_but_never_reliable_ones
     assert acked == ["relp", "barrier"]  # in order, after the commit
 
 
-def test_replay_rebuilds_counts_and_shortens_bans_by_the_time_passed():
+def test_a_journal_deleted_while_running_is_recreated_with_its_rows_before_any_ack(tmp_path):
+    path = tmp_path / "j.db"
+
+    async def scenario():
+        writer = JournalWriter(Journal(path, retention=600, max_rows=1000), interval=0.01,
+                               guard=ResendGuard(128, 60), salvage_horizon=600)
+        await writer.open()
+        acked: list[int] = []
+        now = time.time()
+        for i in range(400):
+            writer.put(JournalRow(now - 1, "relp", S, b"m%d" % i, b"d"), lambda: None)
+        await writer._batcher.close()
+        os.unlink(path)  # behind bansink's back
+        writer._batcher = type(writer._batcher)(0.01, writer._write, writer._written, "j")
+        writer.put(JournalRow(now, "relp", S, b"after", b"d"), lambda: acked.append(1))
+        await writer.close()
+        return writer, acked
+
+    writer, acked = asyncio.run(scenario())
+    assert acked == [1] and writer.recoveries == 1
+    again = Journal(path, retention=600, max_rows=1000)
+    again.open()
+    raws = [r.raw for r in again.replay(0)]
+    again.close()
+    assert len(raws) == 401 and raws[-1] == b"after"  # the 400 acknowledged rows were salvaged
+
+
+def test_replay_rebuilds_counts_and_the_resend_candidates_and_shortens_bans():
     pipeline = build_pipeline(parse_config({"jail": {"maxretry": 2, "bantime": 100}}))
     wall = 10_000.0
     rows = [JournalRow(wall - 30, "relp", "127.0.0.1", RAW.replace(b"{}", b"1"), b"d1"),
-            JournalRow(wall - 20, "relp", "127.0.0.1", RAW.replace(b"{}", b"2"), b"d2")]
-    recent = RecentDigests(horizon=600)
-    bans = replay(rows, pipeline, recent, mono_now=500.0, wall_now=wall, counts_since=wall - 600)
+            JournalRow(wall - 20, "relp", "127.0.0.1", RAW.replace(b"{}", b"2"), b"d2"),
+            JournalRow(wall - 10, "udp", "127.0.0.1", RAW.replace(b"{}", b"3"), b"")]
+    tails: defaultdict[str, deque[bytes]] = defaultdict(lambda: deque(maxlen=1))
+    bans = replay(rows, pipeline, tails, mono_now=500.0, wall_now=wall, counts_since=wall - 600)
     assert [(str(b.ip), round(b.bantime)) for b in bans] == [("203.0.113.7", 80)]
-    assert recent.seen(b"d1", wall)  # resends of replayed RELP rows are recognised
-
-
-def test_a_failed_write_forgets_its_digests_so_the_resend_counts(tmp_path):
-    async def scenario():
-        journal = Journal(tmp_path / "j.db", retention=600, max_rows=1000)
-        recent = RecentDigests(60)
-        writer = JournalWriter(journal, interval=0.01, recent=recent)
-        await writer.open()
-        journal.close()  # every write now fails
-        acked = []
-        assert not recent.seen(b"d1", 1.0)
-        writer.put(JournalRow(1.0, "relp", "192.0.2.2", b"x", b"d1"), lambda: acked.append(1))
-        await writer._batcher.close()
-        return writer, recent, acked
-
-    writer, recent, acked = asyncio.run(scenario())
-    assert writer.errors == 1 and acked == []  # never acknowledged
-    assert not recent.seen(b"d1", 2.0)  # the resend is new, not a repeat
+    assert tails == {"127.0.0.1": deque([b"d2"], maxlen=1)}  # RELP rows only, the last window

@@ -1,8 +1,11 @@
+import os
 import sqlite3
+import stat
+from pathlib import Path
 
 import pytest
 
-from bansink.journal import SCHEMA_VERSION, Journal, JournalError, JournalRow
+from bansink.journal import SCHEMA_VERSION, Journal, JournalDamaged, JournalError, JournalRow
 
 
 def row(t: float, raw: bytes = b"<38>x") -> JournalRow:
@@ -53,3 +56,78 @@ def test_unusable_path_is_a_clear_error(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(JournalError, match="file"):
         Journal(tmp_path / "file" / "journal.db", retention=1, max_rows=1).open()
+
+
+def test_files_are_private_whatever_the_umask(tmp_path):
+    old = os.umask(0)
+    try:
+        j = Journal(tmp_path / "new" / "state" / "journal.db", retention=600, max_rows=5)
+        j.open()
+        j.append([row(1.0)])
+    finally:
+        os.umask(old)
+    for p in (tmp_path / "new", tmp_path / "new" / "state"):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o700, p
+    files = list((tmp_path / "new" / "state").iterdir())
+    assert {f.name for f in files} >= {"journal.db", "journal.db-wal", "journal.db-shm"}
+    for f in files:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    j.close()
+
+
+def test_an_existing_world_readable_journal_is_made_private(tmp_path):
+    path = tmp_path / "journal.db"
+    j = Journal(path, retention=600, max_rows=5)
+    j.open()
+    j.close()
+    path.chmod(0o644)
+    j.open()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    j.close()
+
+
+@pytest.mark.parametrize("garbage", [b"not a database at all" * 100,
+                                     b"SQLite format 3\x00" + b"\xff" * 8192])
+def test_a_damaged_file_at_start_is_reported_then_moved_aside_for_a_fresh_one(tmp_path, garbage):
+    path = tmp_path / "journal.db"
+    path.write_bytes(garbage)
+    j = Journal(path, retention=600, max_rows=5)
+    with pytest.raises(JournalDamaged):
+        j.open()
+    aside, salvaged = j.recover(since=0)
+    assert aside is not None and ".damaged-" in aside and salvaged == 0
+    assert Path(aside).read_bytes() == garbage
+    j.append([row(1.0)])
+    assert [r.received_at for r in j.replay(0)] == [1.0]
+    j.close()
+
+
+def test_an_overwritten_header_while_running_is_found_by_verify(journal, tmp_path):
+    journal.append([row(1.0)])
+    journal.verify()
+    with open(tmp_path / "journal.db", "r+b") as f:
+        f.write(b"\0" * 100)
+    with pytest.raises(JournalDamaged, match="overwritten"):
+        journal.verify()
+    aside, _ = journal.recover(since=0)
+    assert ".damaged-" in aside and (tmp_path / "journal.db").exists()
+    journal.verify()
+
+
+def test_an_append_into_a_deleted_file_is_not_reported_as_written(journal, tmp_path):
+    (tmp_path / "journal.db").unlink()
+    with pytest.raises(JournalDamaged, match="deleted") as caught:
+        journal.append([row(1.0)])
+    assert caught.value.committed  # in the deleted file: recover() salvages it
+    aside, salvaged = journal.recover(since=0)
+    assert aside is None and salvaged == 1
+    assert [r.received_at for r in journal.replay(0)] == [1.0]
+
+
+def test_a_failed_append_leaves_no_transaction_open(journal):
+    journal.db.execute("PRAGMA query_only=1")
+    with pytest.raises(sqlite3.OperationalError):
+        journal.append([row(1.0)])
+    journal.db.execute("PRAGMA query_only=0")
+    journal.append([row(2.0)])  # BEGIN works again
+    assert [r.received_at for r in journal.replay(0)] == [2.0]
