@@ -1,5 +1,7 @@
 """The nftables backend against the real kernel, inside a namespace each test creates."""
 
+import os
+import time
 from ipaddress import ip_address
 
 import pytest
@@ -87,10 +89,88 @@ def test_configured_ports_limit_the_drop_rules_and_a_config_change_replaces_them
 
 def test_commit_recreates_the_table_if_it_was_deleted_underneath(ns: Netns):
     backend = setup(ns)
+    backend.add(ban("203.0.113.6"))
+    assert ns.in_namespace(backend.commit).rebuilt is False
     ns.run("nft", "delete", "table", "inet", "bansink")
     backend.add(ban("203.0.113.7"))
+    result = ns.in_namespace(backend.commit)
+    assert result.ok and result.rebuilt  # the caller must add 203.0.113.6 back
+    assert set(ns.set_elements()) == {"203.0.113.7"}
+    backend.add(ban("203.0.113.8"))
+    assert ns.in_namespace(backend.commit).rebuilt is False
+
+
+def ban_three(ns: Netns, backend: NftablesSet) -> None:
+    for ip in ("203.0.113.7", "203.0.113.8", "2001:db8::7"):
+        backend.add(ban(ip))
     assert ns.in_namespace(backend.commit).ok
-    assert "203.0.113.7" in ns.set_elements()
+    assert len(ns.set_elements()) == 2 and len(ns.set_elements(name="ban6")) == 1
+
+
+def chains_and_rules(ns: Netns) -> dict[str, int]:
+    listed = ns.nft_json("list", "table", "inet", "bansink")["nftables"]
+    found = {i["chain"]["name"]: 0 for i in listed if "chain" in i}
+    for item in listed:
+        if "rule" in item:
+            found[item["rule"]["chain"]] += 1
+    return found
+
+
+@pytest.mark.parametrize("outside", ["flush ruleset", "delete table inet bansink"])
+def test_verify_rebuilds_the_table_after_it_was_removed_outside_bansink(ns: Netns, outside: str):
+    backend = setup(ns, local_ports=[("udp", 514)], local_uids=[0])
+    ban_three(ns, backend)
+    assert ns.in_namespace(backend.verify) is None
+    ns.run("nft", *outside.split())
+    said = ns.in_namespace(backend.verify)
+    assert said == ("table inet bansink was missing (flushed or deleted outside bansink); "
+                    "re-created it without bans")
+    assert chains_and_rules(ns) == {"input": 2, "local_senders": 1}
+    assert ns.set_elements() == {} and ns.set_elements(name="ban6") == {}
+    assert ns.in_namespace(backend.verify) is None
+
+
+def test_verify_restores_changed_chains_and_keeps_the_bans(ns: Netns):
+    backend = setup(ns)
+    ban_three(ns, backend)
+    ns.run("nft", "flush chain inet bansink input; add chain inet bansink stray")
+    said = ns.in_namespace(backend.verify)
+    assert said == ("table inet bansink: chain input had other rules, chain stray is not in the "
+                    "config (changed outside bansink); restored")
+    assert chains_and_rules(ns) == {"input": 2}
+    assert len(ns.set_elements()) == 2  # nothing lost: the caller may re-add, need not
+
+
+def test_verify_reports_a_missing_set(ns: Netns):
+    backend = setup(ns)
+    ban_three(ns, backend)
+    ns.run("nft", "flush chain inet bansink input; delete set inet bansink ban6")
+    said = ns.in_namespace(backend.verify)
+    assert said.startswith("table inet bansink: set ban6 was missing, chain input had other rules")
+    assert said.endswith("(flushed or deleted outside bansink); re-created it without bans")
+    assert len(ns.set_elements()) == 2 and ns.set_elements(name="ban6") == {}
+
+
+def test_verify_lists_no_set_elements_and_stays_cheap_on_a_big_set(ns: Netns):
+    # BANSINK_VERIFY_ELEMENTS=100000 measures the README's figure; the default keeps it quick
+    size = int(os.environ.get("BANSINK_VERIFY_ELEMENTS", "20000"))
+    backend = setup(ns)
+    for i in range(size):
+        backend.add(ban(f"2001:db8:6::{i >> 16:x}:{i & 0xffff:x}"))
+    assert ns.in_namespace(backend.commit).ok
+    sent = []
+    run = backend._run
+    backend._run = lambda commands: sent.append(commands) or run(commands)
+    timings = []
+    for _ in range(5):
+        start = time.perf_counter()
+        assert ns.in_namespace(backend.verify) is None
+        timings.append(time.perf_counter() - start)
+    assert sent == [[{"list": {"ruleset": {"family": "inet"}}}]] * 5
+    assert backend._nft.get_terse_output()  # listings leave set elements out
+    print(f"verify() with {size} elements: best {min(timings) * 1000:.1f} ms, "
+          f"worst {max(timings) * 1000:.1f} ms")
+    assert min(timings) < 0.1  # listing the set's elements takes several times that
 
 
 def test_remove_deletes_only_bansinks_table(ns: Netns):
