@@ -27,9 +27,17 @@ class Intake(Protocol):
     def on_message(self, message: SyslogMessage | MalformedSyslog, transport: str) -> None: ...
 
     def on_reliable_message(self, message: SyslogMessage | MalformedSyslog, transport: str,
-                            done: Callable[[], None]) -> None:
+                            done: Callable[[], None], *, session: int) -> None:
         """Like on_message, for a sender waiting for an acknowledgement: call `done` once the
-        message is safe (durable, or needs no keeping), never before."""
+        message is safe (durable, or needs no keeping), never before. `session` is the RELP
+        session (connection) it came in, as given to relp_session_started."""
+
+    def relp_session_started(self, session: int, peer: str) -> None:
+        """A RELP session's `open` was accepted; `session` is unique per connection."""
+
+    def relp_session_ended(self, session: int, peer: str, clean: bool) -> None:
+        """Once, when a started session's connection is gone. `clean` only if the client sent
+        `close` and every reply was written."""
 
     def on_drop(self, dropped: Dropped) -> None: ...
 

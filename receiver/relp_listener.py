@@ -4,6 +4,7 @@ adapter around RelpSession. A syslog frame is answered only when the intake says
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from functools import partial
 
@@ -11,6 +12,8 @@ from .relp import (
     CLOSED,
     NEED_DATA,
     SERVERCLOSE,
+    RelpClose,
+    RelpOpen,
     RelpProtocolError,
     RelpRejected,
     RelpSession,
@@ -21,13 +24,17 @@ from .tcp import AdmittedStream, StreamListener
 
 # Unanswered frames per connection before reading pauses (omrelp's window is 128 by default).
 MAX_UNANSWERED = 1024
+_session_ids = itertools.count(1)
 
 
 class _RelpStream(AdmittedStream):
     def __init__(self, listener: StreamListener) -> None:
         super().__init__(listener)
         self.session = RelpSession(max_frame_size=listener.max_message_size)
-        self.paused = False
+        self.session_id = next(_session_ids)
+        self.started = False  # the intake was told relp_session_started
+        self.close_received = False
+        self.all_replied = False  # closed by us once every reply was written
         self.flush_scheduled = False
 
     def received(self, data: bytes) -> None:
@@ -47,15 +54,20 @@ class _RelpStream(AdmittedStream):
                 if type(event) is RelpSyslog:
                     message = parse_syslog(event.message, peer=peer, received_at=received_at)
                     lst.intake.on_reliable_message(message, lst.transport_name,
-                                                   partial(self._durable, event.txnr))
+                                                   partial(self._durable, event.txnr),
+                                                   session=self.session_id)
                 elif type(event) is RelpRejected:
                     lst.drop("relp_rejected", peer, detail=f"{event.command}: {event.reason}")
+                elif type(event) is RelpOpen:
+                    self.started = True
+                    lst.intake.relp_session_started(self.session_id, peer)
+                elif type(event) is RelpClose:
+                    self.close_received = True
         except RelpProtocolError as exc:
             lst.drop("relp_framing_error", peer, detail=exc.reason)
         self._flush()
-        if session.unanswered > MAX_UNANSWERED and self.transport is not None:
-            self.transport.pause_reading()
-            self.paused = True
+        if session.unanswered > MAX_UNANSWERED:
+            self.pause("unanswered")
 
     def _durable(self, txnr: int) -> None:
         self.session.ack(txnr)
@@ -66,10 +78,8 @@ class _RelpStream(AdmittedStream):
     def _flush_acks(self) -> None:
         self.flush_scheduled = False
         self._flush()
-        if self.paused and self.session.unanswered <= MAX_UNANSWERED // 2:
-            self.paused = False
-            if self.transport is not None and not self.transport.is_closing():
-                self.transport.resume_reading()
+        if self.session.unanswered <= MAX_UNANSWERED // 2:
+            self.resume("unanswered")
 
     def _flush(self) -> None:
         transport = self.transport
@@ -77,8 +87,9 @@ class _RelpStream(AdmittedStream):
             return
         data = self.session.data_to_send()
         if data:
-            transport.write(data)
+            transport.write(data)  # over WRITE_BUFFER_HIGH unsent, pause_writing stops reading
         if self.session.finished and self.session.unanswered == 0:
+            self.all_replied = True
             transport.close()
 
     def shutdown(self) -> None:
@@ -86,6 +97,12 @@ class _RelpStream(AdmittedStream):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(self.session.data_to_send() + SERVERCLOSE)
         self.close()
+
+    def gone(self, exc: Exception | None) -> None:
+        if self.started:
+            assert self.peer is not None
+            clean = self.close_received and self.all_replied and exc is None
+            self.listener.intake.relp_session_ended(self.session_id, self.peer, clean)
 
 
 class RelpListener(StreamListener):

@@ -7,18 +7,27 @@ import socket
 import ssl
 import time
 from collections import Counter
-from collections.abc import Sequence
-from typing import cast
+from collections.abc import Coroutine, Sequence
+from typing import Any, cast
 
 from .framing import CLOSED, NEED_DATA, FrameDropped, Rfc6587Framer, SyslogFrame
 from .intake import Admit, Dropped, Intake
 from .syslog import parse_syslog
 from .tls import name_allowed
 
+# A connection's unsent replies above this stop its reading until they drain below a quarter
+# (asyncio's pause_writing/resume_writing), so a client that never reads cannot grow our memory.
+WRITE_BUFFER_HIGH = 64 * 1024
+HANDSHAKE_TIMEOUT = 10.0
+
 
 class StreamListener:
     """A TCP (or TLS) server whose connections are admitted, capped and timed out alike; what
-    a connection does with its bytes is the `stream` class's business."""
+    a connection does with its bytes is the `stream` class's business.
+
+    TLS is started only after admission, on the accepted TCP connection (`loop.start_tls`): a
+    sender that is not allowed or over a cap is reset before any handshake, and a pending
+    handshake counts toward the caps and lasts at most `handshake_timeout` (or idle_timeout)."""
 
     def __init__(
         self,
@@ -34,6 +43,7 @@ class StreamListener:
         ssl_context: ssl.SSLContext | None = None,
         allowed_names: Sequence[str] = (),
         transport_name: str = "tcp",
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
         self.host, self.port = host, port
         self.allowed_names = tuple(allowed_names)
@@ -42,8 +52,9 @@ class StreamListener:
         self.max_connections = max_connections
         self.max_per_sender = max_connections_per_sender
         self.idle_timeout = idle_timeout
+        self.handshake_timeout = min(idle_timeout, handshake_timeout)
         self.transport_name = transport_name
-        self._ssl = ssl_context
+        self.ssl_context = ssl_context
         self.connections: Counter[str] = Counter()
         self._open: set[AdmittedStream] = set()
         self._server: asyncio.Server | None = None
@@ -59,7 +70,7 @@ class StreamListener:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         self._server = await asyncio.get_running_loop().create_server(
             lambda: self.stream(self), self.host, self.port, family=family,
-            reuse_address=True, ssl=self._ssl, backlog=256,
+            reuse_address=True, backlog=256,
         )
 
     async def stop(self) -> None:
@@ -73,43 +84,104 @@ class StreamListener:
     def drop(self, reason: str, peer: str, size: int = 0, detail: str = "") -> None:
         self.intake.on_drop(Dropped(reason, peer, self.transport_name, size, detail))
 
+    def refusal(self, peer: str | None) -> str | None:
+        """Why a new connection from `peer` (None: not a sender) is refused, or None."""
+        if peer is None:
+            return "sender_not_allowed"
+        if len(self._open) >= self.max_connections:
+            return "too_many_connections"
+        if self.connections[peer] >= self.max_per_sender:
+            return "too_many_connections_from_sender"
+        return None
+
 
 class AdmittedStream(asyncio.Protocol):
-    """Admission, caps and the idle timer; subclasses implement `received` and `ended`."""
+    """Admission, caps, the TLS handshake, write backpressure and the idle timer; subclasses
+    implement `received` and `ended` (and may override `gone`)."""
 
     def __init__(self, listener: StreamListener) -> None:
         self.listener = listener
         self.transport: asyncio.Transport | None = None
+        """Where the stream's bytes go: set once admitted (and, for TLS, its peer accepted)."""
         self.peer: str | None = None
         self.last_activity = 0.0
         self.timer: asyncio.TimerHandle | None = None
+        self.pauses: set[str] = set()
+        """Why reading is paused ("writing": replies are not being read, ...); empty: reading."""
+        self._tcp: asyncio.Transport | None = None
+        self._handshake: Coroutine[Any, Any, asyncio.BaseTransport | None] | None = None
+        self._early: list[bytes] = []  # TLS bytes decrypted before the peer's names are checked
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio subclasses
         lst = self.listener
         address = transport.get_extra_info("peername")[0]
         peer = lst.admit(address)
-        if peer is None:
-            reason = "sender_not_allowed"
-        elif sum(lst.connections.values()) >= lst.max_connections:
-            reason = "too_many_connections"
-        elif lst.connections[peer] >= lst.max_per_sender:
-            reason = "too_many_connections_from_sender"
-        elif not name_allowed(transport.get_extra_info("peercert"), lst.allowed_names):
-            reason = "tls_peer_not_allowed"
-        else:
-            reason = None
+        reason = lst.refusal(peer)
         if reason is not None:
             lst.drop(reason, peer or address)
             transport.abort()
             return
         assert peer is not None
-        self.transport, self.peer = transport, peer
+        self.peer = peer
         lst.connections[peer] += 1
         lst._open.add(self)
         loop = asyncio.get_running_loop()
         self.last_activity = loop.time()
         self.timer = loop.call_later(lst.idle_timeout, self._check_idle)
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        if lst.ssl_context is None:
+            self.transport = transport
+            return
+        self._tcp = transport
+        self._start_tls(lst.ssl_context)
+
+    def _start_tls(self, context: ssl.SSLContext) -> None:
+        """Hand the connection to the TLS protocol now. start_tls swaps the transport's protocol
+        before its first await, and that must happen before the loop reads the ClientHello:
+        both asyncio and uvloop start reading right after connection_made (whatever it paused),
+        and a task would only start after that read. So the coroutine is stepped from here."""
+        assert self._tcp is not None
+        self._handshake = asyncio.get_running_loop().start_tls(
+            self._tcp, self, context, server_side=True,
+            ssl_handshake_timeout=self.listener.handshake_timeout)
+        self._step_tls()
+
+    def _step_tls(self) -> None:
+        lst, peer, handshake = self.listener, self.peer, self._handshake
+        assert peer is not None and handshake is not None
+        try:
+            waiting = handshake.send(None)
+        except StopIteration as done:
+            self._handshake = None
+            tls = done.value  # None when the connection was closed meanwhile
+        except OSError as exc:  # ssl.SSLError, a reset, or the handshake timeout
+            self._handshake = None
+            lst.drop("tls_handshake_failed", peer, detail=str(exc) or type(exc).__name__)
+            self._release(exc)
+            return
+        else:
+            waiting.add_done_callback(lambda _: self._step_tls())
+            return
+        if tls is None or tls.is_closing():
+            self._release(None)
+        elif not name_allowed(tls.get_extra_info("peercert"), lst.allowed_names):
+            lst.drop("tls_peer_not_allowed", peer)
+            tls.abort()
+            self._release(None)
+        else:
+            self._accepted(tls)
+
+    def _accepted(self, tls: asyncio.Transport) -> None:
+        tls.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        self.transport = tls
+        self.last_activity = asyncio.get_running_loop().time()
+        early, self._early = self._early, []
+        for data in early:
+            if data:
+                self.data_received(data)
+            elif not self.eof_received():
+                self.close()
 
     def _check_idle(self) -> None:
         loop = asyncio.get_running_loop()
@@ -122,14 +194,20 @@ class AdmittedStream(asyncio.Protocol):
         self.close()
 
     def data_received(self, data: bytes) -> None:
-        if self.peer is None:
+        if self.transport is None:  # TLS: between the handshake and the check of its names
+            if self._handshake is not None:
+                self._early.append(data)
             return
         self.last_activity = asyncio.get_running_loop().time()
         self.received(data)
 
     def eof_received(self) -> bool:
-        if self.peer is not None:
-            self.ended()
+        if self.transport is None:
+            if self._handshake is not None:
+                self._early.append(b"")
+                return True
+            return False
+        self.ended()
         return False
 
     def received(self, data: bytes) -> None:
@@ -138,6 +216,28 @@ class AdmittedStream(asyncio.Protocol):
     def ended(self) -> None:
         raise NotImplementedError
 
+    # -- reading is paused while replies pile up ---------------------------------------------
+
+    def pause(self, reason: str) -> None:
+        if not self.pauses and self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+        self.pauses.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason not in self.pauses:
+            return
+        self.pauses.discard(reason)
+        if not self.pauses and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        self.pause("writing")
+
+    def resume_writing(self) -> None:
+        self.resume("writing")
+
+    # -- the end -----------------------------------------------------------------------------
+
     def shutdown(self) -> None:
         """The daemon is stopping (RELP says goodbye first)."""
         self.close()
@@ -145,15 +245,28 @@ class AdmittedStream(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+        elif self._handshake is not None and self._tcp is not None:
+            self._tcp.abort()  # the handshake ends (see _step_tls)
+            self._release(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._release(exc)
+
+    def _release(self, exc: Exception | None) -> None:
+        """The connection is gone (or refused after admission): free its place, once."""
         if self.timer is not None:
             self.timer.cancel()
-        if self.peer is not None and self in self.listener._open:
-            self.listener._open.discard(self)
-            self.listener.connections[self.peer] -= 1
-            if not self.listener.connections[self.peer]:
-                del self.listener.connections[self.peer]
+        lst = self.listener
+        if self.peer is None or self not in lst._open:
+            return
+        lst._open.discard(self)
+        lst.connections[self.peer] -= 1
+        if not lst.connections[self.peer]:
+            del lst.connections[self.peer]
+        self.gone(exc)
+
+    def gone(self, exc: Exception | None) -> None:
+        """Called once when an admitted connection has ended, however it ended."""
 
 
 class _SyslogStream(AdmittedStream):
