@@ -219,8 +219,9 @@ class JournalWriter:
 
     # -- back on the event loop --------------------------------------------------------------
 
-    def _report(self, notes: list[Note] | Exception) -> bool:
-        """Log what an operation did; True if it succeeded."""
+    def _report(self, notes: list[Note] | Exception, wrote: bool = True) -> bool:
+        """Log what an operation did; True if it succeeded. Only rows written end a run of
+        failures (a check, or a prune with nothing to delete, needs no space)."""
         if isinstance(notes, Exception):
             self.errors += 1
             if self.failing is None:
@@ -232,14 +233,15 @@ class JournalWriter:
         for event, fields in notes:
             self.recoveries += 1
             log.error(event, **fields)
-        if self.failing is not None:
+        if wrote and self.failing is not None:
             log.info("journal_writing_again", failed=self.failing)
             self.failing = None
         return True
 
     def _written(self, batch: list[_Item], result: list[Note] | Exception) -> None:
-        self.pending -= sum(item.row is not None for item in batch)
-        if not self._report(result):
+        rows = sum(item.row is not None for item in batch)
+        self.pending -= rows
+        if not self._report(result, wrote=rows > 0):
             # nothing is acknowledged: RELP senders keep the messages and resend them, and the
             # resends must be taken as new, not as repeats of what was never stored
             for item in batch:
@@ -260,7 +262,7 @@ class JournalWriter:
                 lambda: self._housekeeping(now, prune))
         except Exception as exc:
             notes = exc
-        self._report(notes)
+        self._report(notes, wrote=False)
 
     async def run_blocking(self, fn: Callable[[], T]) -> T:
         return await self._batcher.run_blocking(fn)

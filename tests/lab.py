@@ -17,8 +17,8 @@ PROXY6, SENDER6 = "2001:db8:1::1", "2001:db8:1::2"
 PROXY4_ATK, PROXY6_ATK, CLIENT6 = "198.51.100.1", "2001:db8:2::1", "2001:db8:2::2"
 
 
-def config(bantime: str = "1h", maxretry: int = 3) -> str:
-    return f"""
+def config(bantime: str = "1h", maxretry: int = 3, findtime: str = "1m", extra: str = "") -> str:
+    return extra + f"""
 [receiver]
 senders = ["{SENDER4}/32", "{SENDER6}/128"]
 udp = ["0.0.0.0:{PORT}", "[::]:{PORT}"]
@@ -26,7 +26,7 @@ tcp = ["0.0.0.0:{PORT}", "[::]:{PORT}"]
 relp = ["0.0.0.0:{RELP_PORT}", "[::]:{RELP_PORT}"]
 [jail]
 maxretry = {maxretry}
-findtime = "1m"
+findtime = "{findtime}"
 bantime = "{bantime}"
 [log]
 format = "json"
@@ -41,8 +41,8 @@ class Lab:
     client: Netns
     tmp: Path
 
-    def start(self, **kw) -> Daemon:
-        self.daemon = Daemon(self.proxy, config(**kw), self.tmp)
+    def start(self, *, prefix: tuple[str, ...] = (), **kw) -> Daemon:
+        self.daemon = Daemon(self.proxy, config(**kw), self.tmp, prefix=prefix)
         return self.daemon
 
     def restart(self, **kw) -> Daemon:
