@@ -35,15 +35,15 @@ MAX_FILE_SIZE = 1 << 20
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
-SECOND, MINUTE, HOUR, DAY = 1.0, 60.0, 3600.0, 86400.0
+SECOND, DAY = 1.0, 86400.0
 
 MAX_BANTIME = 365 * DAY
 """jail.bantime's upper bound. The kernel refuses longer set-element timeouts with "Numerical
 result out of range" (ERANGE): measured in a network namespace (kernel 6.18, nft 1.0.6, the JSON
-API bansink uses) the largest timeout accepted was 18,446,744,073 s (about 584 years; the
-kernel's limit is U64_MAX nanoseconds in jiffies, so smaller with CONFIG_HZ below 1000), and
-1e12 s was refused. The nft command line refuses 100000000s ("value too large"). 365 days is
-far below every one of these."""
+API bansink uses) the largest timeout accepted was 18,446,744,073 s (about 584 years: the kernel
+refuses more than U64_MAX / (NSEC_PER_SEC / HZ) milliseconds, so less with CONFIG_HZ below
+1000, about 58 years at HZ=100), and 1e12 s was refused. The nft command line refuses
+100000000s ("value too large"). 365 days is far below every one of these."""
 
 MAX_UDP_RECEIVE_BUFFER = 1 << 30
 """1 GiB. The kernel caps SO_RCVBUF at net.core.rmem_max anyway (and doubles what it grants)."""
