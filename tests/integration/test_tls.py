@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import PROXY4, Lab, Rsyslog, login_failed
+from lab import PROXY4, PROXY4_ATK, Lab, Rsyslog, login_failed
 from support import Daemon, wait_until
 
 TLS_PORT, RELP_TLS_PORT = 6514, 20515
@@ -113,4 +113,25 @@ def test_a_client_without_certificate_fails_the_handshake(lab: Lab, certs):
               "    print('refused', type(exc).__name__)\n")
     out = lab.sender.run("python3", "-c", script).stdout.decode()
     assert out.startswith(("refused", "closed"))
+    assert lab.daemon.stats()["received"] == {}
+
+
+def test_non_senders_are_reset_before_a_handshake_and_plain_text_fails_it(lab: Lab, certs):
+    lab.daemon = Daemon(lab.proxy, tls_config(certs), lab.tmp)
+    handshake = (f"import socket, ssl\nctx = ssl.create_default_context(cafile='{certs}/ca.pem')\n"
+                 f"s = socket.create_connection(('{PROXY4_ATK}', {TLS_PORT}), timeout=5)\n"
+                 "try:\n"
+                 "    ctx.wrap_socket(s, server_hostname='proxy.example')\n"
+                 "    print('handshake')\n"
+                 "except (ssl.SSLError, OSError) as exc:\n"
+                 "    print('refused', type(exc).__name__)\n")
+    out = lab.client.run("python3", "-c", handshake).stdout.decode()
+    assert out.startswith("refused")  # the attacker's network is no sender: reset at accept
+    wait_until(lambda: lab.daemon.stats()["drops"].get("sender_not_allowed"), 10, "refusal")
+    plain = (f"import socket\ns = socket.create_connection(('{PROXY4}', {TLS_PORT}), timeout=5)\n"
+             "s.sendall(b'<13>Nov 21 10:00:00 web app: plain\\n')\n"
+             "try:\n    s.recv(100)\nexcept OSError:\n    pass\n")
+    lab.sender.run("python3", "-c", plain)
+    wait_until(lambda: lab.daemon.stats()["drops"].get("tls_handshake_failed"), 10,
+               "the plain-text connection counted")
     assert lab.daemon.stats()["received"] == {}
