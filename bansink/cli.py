@@ -32,9 +32,16 @@ def _config(path: Path | None) -> Config:
 
 
 def nftables_backend(config: Config) -> NftablesSet:
-    n = config.nftables
+    """bansink's table; with `receiver.loopback_users`, it also keeps every other local account
+    from sending to bansink's ports over the loopback interface."""
+    n, rc = config.nftables, config.receiver
+    ports = [("udp", port) for _, port in rc.udp]
+    ports += [("tcp", port) for _, port in (*rc.tcp, *rc.tls, *rc.relp, *rc.relp_tls)]
+    guarded = bool(rc.loopback_uids)
     return NftablesSet(family=n.family, table=n.table, set4=n.set4, set6=n.set6, chain=n.chain,
-                       priority=n.priority, ports=n.ports)
+                       priority=n.priority, ports=n.ports,
+                       local_ports=sorted(set(ports)) if guarded else (),
+                       local_uids=rc.loopback_uids if guarded else None)
 
 
 def _run(args: argparse.Namespace) -> int:

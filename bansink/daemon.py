@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import signal
 import sqlite3
@@ -16,10 +17,11 @@ from pathlib import Path
 import structlog
 
 from bansink.actions.backend import BanBackend, CommitResult
-from bansink.engine.addresses import NetworkSet, parse_address
+from bansink.engine.addresses import IPAddress, NetworkSet, parse_address
 from bansink.engine.events import MalformedEvent
 from bansink.engine.jail import BanDecision, JailSettings
 from bansink.engine.pipeline import Banned, Counted, Ignored, Protections, SecurityPipeline
+from bansink.receiver.descriptors import descriptor_budget
 from bansink.receiver.intake import Dropped
 from bansink.receiver.relp_listener import RelpListener
 from bansink.receiver.syslog import MalformedSyslog, SyslogMessage
@@ -64,7 +66,13 @@ class Throttle:
 
 
 class Enforcer:
-    """Batches ban decisions and commits them to the backend, one transaction per tick."""
+    """Batches ban decisions and commits them to the backend, one transaction per tick.
+
+    It remembers the bans it enforced until they end, so that a table flushed or deleted behind
+    bansink's back (`nft flush ruleset`, a firewall reload) is rebuilt with every running ban
+    and its remaining time: found by `verify()` (the daemon calls it every second) or by a
+    commit that had to re-create the table.
+    """
 
     def __init__(self, backend: BanBackend, interval: float) -> None:
         self.backend = backend
@@ -72,6 +80,11 @@ class Enforcer:
             interval, self._commit, self._report, "nft")
         self.bans = 0
         self.errors = 0
+        self.rebuilds = 0
+        self._running: dict[IPAddress, tuple[float, BanDecision]] = {}
+        """address -> (monotonic end, decision) of every ban enforced and not yet over"""
+        self._restoring: set[IPAddress] = set()
+        self._throttle = Throttle(60.0)
 
     async def setup(self) -> None:
         await self._batcher.run_blocking(self.backend.setup)
@@ -86,16 +99,53 @@ class Enforcer:
 
     def _report(self, batch: list[BanDecision], result: CommitResult | Exception) -> None:
         now, wall = asyncio.get_running_loop().time(), time.time()
+        if isinstance(result, CommitResult) and result.rebuilt:
+            self._rebuild("the table was missing when bans were committed")
         if isinstance(result, Exception) or result.error is not None:
             self.errors += 1
             error = result.error if isinstance(result, CommitResult) else repr(result)
             log.error("ban_failed", ips=[str(b.ip) for b in batch], error=error)
             return
         for b in result.bans:
+            self._running[b.ip] = (b.decided_at + b.bantime, b)
+            if b.ip in self._restoring:
+                self._restoring.discard(b.ip)
+                continue
             self.bans += 1
             until = datetime.fromtimestamp(wall + b.bantime, UTC).isoformat(timespec="seconds")
             log.info("ban", ip=str(b.ip), jail=b.jail, count=b.failures, bantime=b.bantime,
                      until=until, latency_ms=round((now - b.decided_at) * 1000, 1))
+
+    async def verify(self) -> None:
+        """Check the backend's table is whole; if it was rebuilt, put the running bans back."""
+        try:
+            problem = await self._batcher.run_blocking(self.backend.verify)
+        except Exception as exc:  # e.g. nft refused the rebuild: try again next time
+            held = self._throttle.allow(("nft_verify_failed",), asyncio.get_running_loop().time())
+            if held is not None:
+                log.error("nft_verify_failed", error=str(exc), suppressed=held)
+            return
+        if problem is not None:
+            self._rebuild(problem)
+
+    def _rebuild(self, problem: str) -> None:
+        now = asyncio.get_running_loop().time()
+        self.rebuilds += 1
+        self.forget_ended(now)
+        for ip, (end, decision) in self._running.items():
+            self._restoring.add(ip)
+            self.ban(dataclasses.replace(decision, bantime=end - now, decided_at=now))
+        log.error("nft_table_rebuilt", problem=problem, bans_restored=len(self._running))
+
+    def forget_ended(self, now: float) -> None:
+        """Drop bans that are over (at least 1 s left is needed for a new element)."""
+        ended = [ip for ip, (end, _) in self._running.items() if end - now < 1]
+        for ip in ended:
+            del self._running[ip]
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
 
     async def close(self) -> None:
         await self._batcher.close()
@@ -194,7 +244,9 @@ class Intake:
             "evicted": self.pipeline.jail.evicted,
             "relp_resend_memory": self.guard.remembered,
             "bans": self.enforcer.bans,
+            "bans_running": self.enforcer.running,
             "ban_errors": self.enforcer.errors,
+            "nft_rebuilds": self.enforcer.rebuilds,
             **({"journal_rows": self.journal.rows, "journal_commits": self.journal.commits,
                 "journal_errors": self.journal.errors, "journal_skipped": self.journal.skipped,
                 "journal_pending": self.journal.pending,
@@ -316,6 +368,9 @@ async def serve(config: Config, backend: BanBackend, stop: asyncio.Event | None 
     intake = Intake(pipeline, enforcer, journal, guard)
     loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("stats", **intake.stats()))
     listeners = _listeners(config, intake)
+    too_many = descriptor_budget(listeners, config.receiver.max_connections)
+    if too_many is not None:
+        raise ListenError(too_many)
     try:
         for listener in listeners:
             transport = listener.transport_name
@@ -344,9 +399,11 @@ async def serve(config: Config, backend: BanBackend, stop: asyncio.Event | None 
             now = loop.time()
             guard.expire(now)
             prune = now - last_prune >= prune_every
+            await enforcer.verify()
             if prune:
                 last_prune = now
                 pipeline.expire(now)
+                enforcer.forget_ended(now)
             if journal is not None:
                 await journal.housekeeping(time.time(), prune=prune)
             if now - last_stats >= STATS_INTERVAL:

@@ -2,12 +2,15 @@
 faults: forged quotes in a user name, identical failures in one second, a full disk, a damaged
 or deleted journal."""
 
+import shutil
 import sqlite3
+import stat
 import subprocess
+import tempfile
 from pathlib import Path
 
 from lab import PORT, PROXY4, RELP_PORT, Lab, Rsyslog, login_failed
-from support import wait_until
+from support import Daemon, namespaces, wait_until
 
 OMRELP = ('module(load="omrelp")\n'
           f'action(type="omrelp" target="{PROXY4}" port="{RELP_PORT}" '
@@ -117,3 +120,63 @@ def test_a_journal_damaged_or_deleted_while_running_is_replaced_and_relp_goes_on
     wait_until(lambda: daemon.stats()["received"].get("relp", 0) >= 410, 30, "more messages")
     wait_until(lambda: rows(path) == 10, 10, "acknowledged rows in the fresh file")
     assert daemon.proc.poll() is None
+
+
+def test_a_flushed_ruleset_or_deleted_table_is_rebuilt_with_the_running_bans(lab: Lab):
+    daemon = lab.start(bantime="1h")
+    attackers = ["203.0.113.90", "203.0.113.91", "2001:db8:2::2"]
+    send_tcp(lab, [login_failed(ip, user="u") for ip in attackers for _ in range(3)], "attack")
+    wait_until(lambda: len(banned(lab)) == 3, 10, "3 bans")
+    for how in (("flush", "ruleset"), ("delete", "table", "inet", "bansink")):
+        lab.proxy.run("nft", *how)
+        wait_until(lambda: banned(lab) == set(attackers), 5, f"bans back after nft {how}")
+    assert len(daemon.lines("nft_table_rebuilt")) == 2
+    assert daemon.stats()["bans"] == 3  # restored, not banned again
+    chain = lab.proxy.nft_json("list", "chain", "inet", "bansink", "input")["nftables"]
+    assert sum("rule" in item for item in chain) == 2  # the drop rules are back too
+
+
+def banned(lab: Lab) -> set[str]:
+    try:
+        return set(lab.proxy.set_elements()) | set(lab.proxy.set_elements(name="ban6"))
+    except subprocess.CalledProcessError:  # no table (yet)
+        return set()
+
+
+NOBODY = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
+
+
+def test_a_local_user_cannot_get_an_address_banned_nor_read_the_store(tmp_path):
+    public = Path(tempfile.mkdtemp(prefix="bansink-test-"))  # not under root's 0700 tmp
+    public.chmod(0o755)
+    config = (f'[receiver]\nudp = ["127.0.0.1:{PORT}", "[::1]:{PORT}"]\n'
+              f'tcp = ["127.0.0.1:{PORT}", "[::1]:{PORT}"]\nrelp = []\n'
+              f'[engine]\nignoreip = []\n[jail]\nmaxretry = 2\n'
+              f'[journal]\npath = "{public}/state/journal.db"\n[log]\nformat = "json"\n')
+    try:
+        with namespaces("local") as (ns,):
+            daemon = Daemon(ns, config, tmp_path,
+                            prefix=("sh", "-c", 'umask 000 && exec "$@"', "sh"))
+
+            def logger(*who: str, ip: str, transport: str, host: str = "127.0.0.1") -> None:
+                ns.run(*who, "logger", "-n", host, "-P", str(PORT), transport, "--rfc3164",
+                       "-t", "roundcube", login_failed(ip), check=False)
+
+            for transport in ("--udp", "--tcp"):
+                for host in ("127.0.0.1", "::1"):
+                    for _ in range(2):
+                        logger(*NOBODY, ip="203.0.113.100", transport=transport, host=host)
+            logger(ip="203.0.113.101", transport="--udp")  # root (rsyslog) may send
+            logger(ip="203.0.113.101", transport="--tcp")
+            wait_until(lambda: "203.0.113.101" in ns.set_elements(), 10, "root's ban")
+            assert set(ns.set_elements()) == {"203.0.113.101"}
+            assert daemon.stats()["received"] == {"udp": 1, "tcp": 1}
+            state = public / "state"
+            assert stat.S_IMODE(state.stat().st_mode) == 0o700
+            for f in state.iterdir():
+                assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+            read = ns.run(*NOBODY, "cat", str(state / "journal.db"), check=False)
+            assert read.returncode != 0 and b"Permission denied" in read.stderr
+            daemon.stop()
+    finally:
+        shutil.rmtree(public)
