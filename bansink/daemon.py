@@ -21,7 +21,7 @@ from bansink.engine.addresses import IPAddress, NetworkSet, parse_address
 from bansink.engine.events import MalformedEvent
 from bansink.engine.jail import BanDecision, JailSettings
 from bansink.engine.pipeline import Banned, Counted, Ignored, Protections, SecurityPipeline
-from bansink.receiver.descriptors import descriptor_budget
+from bansink.receiver.descriptors import descriptor_budget, descriptors_in_use
 from bansink.receiver.intake import Dropped
 from bansink.receiver.relp_listener import RelpListener
 from bansink.receiver.syslog import MalformedSyslog, SyslogMessage
@@ -400,6 +400,11 @@ async def serve(config: Config, backend: BanBackend, stop: asyncio.Event | None 
             guard.expire(now)
             prune = now - last_prune >= prune_every
             await enforcer.verify()
+            in_use, limit = descriptors_in_use()
+            if in_use >= limit * 0.9 and intake.throttle.allow(("descriptors",), now) is not None:
+                log.error("descriptors_exhausted", in_use=in_use, limit=limit,
+                          hint="new connections fail on every listener; raise LimitNOFILE or "
+                               "lower receiver.max_connections")
             if prune:
                 last_prune = now
                 pipeline.expire(now)

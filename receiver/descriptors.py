@@ -9,7 +9,9 @@ margin is what the daemon can ever need: check it once, at start.
 
 from __future__ import annotations
 
+import os
 import resource
+import sys
 from collections.abc import Sequence
 
 from .tcp import StreamListener
@@ -46,3 +48,12 @@ def descriptor_budget(listeners: Sequence[object], max_connections: int) -> str 
 
 def _streams(listeners: Sequence[object]) -> int:
     return sum(1 for listener in listeners if isinstance(listener, StreamListener))
+
+
+def descriptors_in_use() -> tuple[int, int]:
+    """(descriptors open now, the soft RLIMIT_NOFILE). When they meet, accept() fails: asyncio
+    logs each failure, uvloop (libuv) accepts and closes such connections without a word, so
+    the daemon checks this itself."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = sys.maxsize if soft == resource.RLIM_INFINITY else soft
+    return len(os.listdir("/proc/self/fd")) - 1, limit  # less the one listdir holds

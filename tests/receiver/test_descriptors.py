@@ -5,7 +5,12 @@ import resource
 import pytest
 
 from bansink.receiver import descriptors
-from bansink.receiver.descriptors import MARGIN, descriptor_budget, descriptors_needed
+from bansink.receiver.descriptors import (
+    MARGIN,
+    descriptor_budget,
+    descriptors_in_use,
+    descriptors_needed,
+)
 from bansink.receiver.tcp import TcpListener
 from bansink.receiver.udp import UdpListener
 
@@ -53,3 +58,10 @@ def test_caps_over_the_hard_limit_are_an_error_naming_the_key(limits):
 def test_the_real_limit_is_read():
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert descriptor_budget([stream()], max(1, soft - MARGIN - 1)) is None
+
+
+def test_descriptors_in_use_counts_what_this_process_opens():
+    before, limit = descriptors_in_use()
+    with open(__file__), open(__file__):
+        assert descriptors_in_use()[0] == before + 2
+    assert limit == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
