@@ -17,10 +17,13 @@ Should a raw double quote reach a value all the same (a plugin bug, a forged lin
 must still never credit the attacker's address:
 - a quoted `client_ip` cannot be swallowed by a quoted value (it has quotes of its own), so it
   is always read as the key it is; a second `client_ip` key makes the line malformed;
-- a bare `client_ip` could be, so a bare one is refused when any quoted value also contains
+- a bare `client_ip` could be, so a bare one is refused when any other value contains
   `client_ip=`;
-- the file sink's address is positional: its data fields are read for the user name only, and a
-  line whose fields break the grammar still counts against the prefix's address.
+- the file sink's address is positional: an address key among its fields is just text.
+
+The file sink trusts that one line is one event: were a line feed to reach a user name, rsyslog's
+imfile would read what follows it as a line of its own. The syslog sink has no such edge (the
+message is one datagram or frame, and rsyslog escapes a line feed as `#012`): prefer it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ SERVICE = "roundcube"
 _SYSLOG_PREFIX = "Login failed: "
 _FILE_MARK = " Login failed: "
 _ADDRESS_KEY = "client_ip"
+_QUOTED_KEY = f'{_ADDRESS_KEY}="'
 
 _PAIR = r'([a-z_][a-z0-9_]{0,63})=(?:"([^"]*)"|([^",\s]+))'
 _PAIRS = re.compile(_PAIR)
@@ -44,13 +48,7 @@ _FILE_LINE = re.compile(
 )
 
 
-class Fields(dict[str, str]):
-    """Parsed key=value pairs; `bare` names the keys whose values were not quoted."""
-
-    bare: frozenset[str] = frozenset()
-
-
-def parse_pairs(text: str) -> Fields | str:
+def parse_pairs(text: str) -> dict[str, str] | str:
     """Parse `key="text", key=123, …` exactly; return the pairs, or the reason it is malformed.
 
     The whole text must match the grammar first; only then are the pairs read out, left to
@@ -60,45 +58,44 @@ def parse_pairs(text: str) -> Fields | str:
     if _PAIR_LIST.fullmatch(text) is None:
         return "data fields do not follow key=value, key=\"text\", ..."
     found = _PAIRS.findall(text)
-    fields = Fields((key, quoted or bare) for key, quoted, bare in found)
-    if len(fields) != len(found):
+    pairs = {key: quoted or bare for key, quoted, bare in found}
+    if len(pairs) != len(found):
         return "a key is given twice"
-    fields.bare = frozenset(key for key, _, bare in found if bare)
-    return fields
+    return pairs
 
 
-def _syslog_sink(text: str) -> tuple[str, Fields] | str:
-    """The client_ip and fields of a syslog-sink message, or why it is malformed."""
+def _syslog_sink(text: str) -> dict[str, str] | str:
+    """The fields of a syslog-sink message (with its client_ip), or why it is malformed."""
     fields = parse_pairs(text)
     if isinstance(fields, str):
         return fields
-    client_ip = fields.get(_ADDRESS_KEY)
-    if client_ip is None:
+    if _ADDRESS_KEY not in fields:
         return "no client_ip"
-    if _ADDRESS_KEY in fields.bare and any(
-        f"{_ADDRESS_KEY}=" in value for key, value in fields.items()
-        if key != _ADDRESS_KEY and key not in fields.bare
+    # on validated text `client_ip="` can only be the key with a quoted value (no value
+    # contains a double quote); a bare client_ip is the rare case worth the extra look
+    if not (text.startswith(_QUOTED_KEY) or f", {_QUOTED_KEY}" in text) and any(
+        f"{_ADDRESS_KEY}=" in value for key, value in fields.items() if key != _ADDRESS_KEY
     ):
-        return "bare client_ip beside a quoted value that names client_ip: ambiguous"
-    return client_ip, fields
+        return "bare client_ip beside a value that names client_ip: ambiguous"
+    return fields
 
 
 def roundcube_event(message: SyslogMessage) -> SecurityEvent | NotMatched | MalformedEvent:
     text = message.msg.rstrip()
     if message.msg.startswith(_SYSLOG_PREFIX):
-        parsed = _syslog_sink(text[len(_SYSLOG_PREFIX) :])
-        if isinstance(parsed, str):
-            return MalformedEvent(parsed, text)
-        client_ip, fields = parsed
-        occurred_at = message.timestamp
+        fields = _syslog_sink(text[len(_SYSLOG_PREFIX) :])
+        if isinstance(fields, str):
+            return MalformedEvent(fields, text)
+        client_ip, occurred_at = fields[_ADDRESS_KEY], message.timestamp
     elif _FILE_MARK in text:
         line = _FILE_LINE.match(text)
         if line is None:
             return MalformedEvent("file-sink line without '<timestamp> <client IP>' prefix", text)
-        client_ip, occurred_at = line.group(2), line.group(1)
-        # the fields only name the user: a line whose fields are broken still counts
         found = parse_pairs(text[line.end() :])
-        fields = found if isinstance(found, Fields) else Fields()
+        if isinstance(found, str):
+            return MalformedEvent(found, text)
+        # the address is positional: address keys among the fields are text like any other
+        fields, client_ip, occurred_at = found, line.group(2), line.group(1)
     else:
         return NOT_MATCHED
     return SecurityEvent(EventKind.LOGIN_FAILED, SERVICE, (client_ip,), fields.get("user"),
