@@ -22,7 +22,7 @@ from bansink.engine.events import MalformedEvent
 from bansink.engine.jail import BanDecision, JailSettings
 from bansink.engine.pipeline import Banned, Counted, Ignored, Protections, SecurityPipeline
 from bansink.receiver.descriptors import descriptor_budget, descriptors_in_use
-from bansink.receiver.intake import Dropped
+from bansink.receiver.intake import Admit, Dropped
 from bansink.receiver.relp_listener import RelpListener
 from bansink.receiver.syslog import MalformedSyslog, SyslogMessage
 from bansink.receiver.tcp import TcpListener
@@ -61,6 +61,7 @@ class Throttle:
             return None
         if len(self._last) >= self.max_keys:
             self._last.clear()
+            self._held.clear()
         self._last[key] = now
         return self._held.pop(key, 0)
 
@@ -84,6 +85,9 @@ class Enforcer:
         self._running: dict[IPAddress, tuple[float, BanDecision]] = {}
         """address -> (monotonic end, decision) of every ban enforced and not yet over"""
         self._restoring: set[IPAddress] = set()
+        self._retry: dict[IPAddress, BanDecision] = {}
+        """bans a failed commit left out: tried again at the next verify"""
+        self._restore_again = False
         self._throttle = Throttle(60.0)
 
     async def setup(self) -> None:
@@ -101,12 +105,15 @@ class Enforcer:
         now, wall = asyncio.get_running_loop().time(), time.time()
         if isinstance(result, CommitResult) and result.rebuilt:
             self._rebuild("the table was missing when bans were committed")
+        failed: tuple[BanDecision, ...] = ()
         if isinstance(result, Exception) or result.error is not None:
-            self.errors += 1
-            error = result.error if isinstance(result, CommitResult) else repr(result)
-            log.error("ban_failed", ips=[str(b.ip) for b in batch], error=error)
-            return
-        for b in result.bans:
+            failed = tuple(batch) if isinstance(result, Exception) else result.bans
+            self._failed(failed, result.error if isinstance(result, CommitResult) else
+                         repr(result), now)
+        lost = {b.ip for b in failed}
+        for b in batch:
+            if b.ip in lost:
+                continue
             self._running[b.ip] = (b.decided_at + b.bantime, b)
             if b.ip in self._restoring:
                 self._restoring.discard(b.ip)
@@ -116,8 +123,23 @@ class Enforcer:
             log.info("ban", ip=str(b.ip), jail=b.jail, count=b.failures, bantime=b.bantime,
                      until=until, latency_ms=round((now - b.decided_at) * 1000, 1))
 
+    def _failed(self, failed: tuple[BanDecision, ...], error: str | None, now: float) -> None:
+        """Bans that did not take effect are tried again at the next verify, not dropped."""
+        self.errors += 1
+        for b in failed:
+            if b.ip in self._restoring:  # a running ban being put back: put them all back
+                self._restoring.discard(b.ip)
+                self._restore_again = True
+            else:
+                self._retry[b.ip] = b
+        held = self._throttle.allow(("ban_failed",), now)
+        if held is not None:
+            log.error("ban_failed", bans=len(failed), ips=[str(b.ip) for b in failed[:20]],
+                      error=error, suppressed=held, hint="retried every second")
+
     async def verify(self) -> None:
-        """Check the backend's table is whole; if it was rebuilt, put the running bans back."""
+        """Check the backend's table is whole; if it was rebuilt, put the running bans back;
+        try again what a failed commit left out."""
         try:
             problem = await self._batcher.run_blocking(self.backend.verify)
         except Exception as exc:  # e.g. nft refused the rebuild: try again next time
@@ -125,17 +147,25 @@ class Enforcer:
             if held is not None:
                 log.error("nft_verify_failed", error=str(exc), suppressed=held)
             return
-        if problem is not None:
+        if problem is not None or self._restore_again:
+            self._restore_again = False
             self._rebuild(problem)
+        if self._retry:
+            now = asyncio.get_running_loop().time()
+            retry, self._retry = self._retry, {}
+            for b in retry.values():
+                if b.decided_at + b.bantime - now >= 1:
+                    self.ban(b)
 
-    def _rebuild(self, problem: str) -> None:
+    def _rebuild(self, problem: str | None) -> None:
         now = asyncio.get_running_loop().time()
-        self.rebuilds += 1
         self.forget_ended(now)
         for ip, (end, decision) in self._running.items():
             self._restoring.add(ip)
             self.ban(dataclasses.replace(decision, bantime=end - now, decided_at=now))
-        log.error("nft_table_rebuilt", problem=problem, bans_restored=len(self._running))
+        if problem is not None:
+            self.rebuilds += 1
+            log.error("nft_table_rebuilt", problem=problem, bans_restored=len(self._running))
 
     def forget_ended(self, now: float) -> None:
         """Drop bans that are over (at least 1 s left is needed for a new element)."""
@@ -199,7 +229,10 @@ class Intake:
             if self.guard.is_resend(session, digest):
                 # a resend after a reconnect: answer it once the original is on disk (a barrier)
                 self.drops["relp_resend"] += 1
-                self.journal.put(None, done) if self.journal is not None else done()
+                if self.journal is not None:
+                    self.journal.put(None, done)
+                else:
+                    done()
                 return
         outcome = self.pipeline.handle(message, now)
         kind = type(outcome)
@@ -228,7 +261,9 @@ class Intake:
 
     def on_drop(self, dropped: Dropped) -> None:
         self.drops[dropped.reason] += 1
-        key = (dropped.reason, dropped.peer, dropped.transport)
+        # a stranger's address may be forged (UDP): one line per transport, not per address
+        peer = "" if dropped.reason == "sender_not_allowed" else dropped.peer
+        key = (dropped.reason, peer, dropped.transport)
         held = self.throttle.allow(key, self._loop.time())
         if held is not None:
             log.warning("drop", reason=dropped.reason, peer=dropped.peer,
@@ -255,7 +290,7 @@ class Intake:
         }
 
 
-def sender_admission(senders: NetworkSet):  # -> receiver.intake.Admit
+def sender_admission(senders: NetworkSet) -> Admit:
     def admit(address: str) -> str | None:
         ip = parse_address(address.partition("%")[0])
         return str(ip) if ip is not None and ip in senders else None

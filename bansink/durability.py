@@ -105,11 +105,16 @@ class ResendGuard:
         if counted:
             self._probing.pop(session, None)
 
-    def forget(self, session: int, digest: bytes) -> None:
-        """The frame was not kept after all (a failed write): its resend must count."""
+    def forget(self, session: int, sender: str, digest: bytes) -> None:
+        """The frame was not kept after all (a failed write): its resend must count, also when
+        its session already broke and its digest waits among the candidates."""
         tail = self._tails.get(session)
         if tail is not None and digest in tail:
             tail.remove(digest)
+            return
+        found = self._candidates.get(sender)
+        if found is not None and found[0][digest] > 0:
+            found[0][digest] -= 1
 
     def session_ended(self, session: int, sender: str, clean: bool, now: float) -> None:
         tail = self._tails.pop(session, None)
@@ -140,12 +145,15 @@ class _Item(NamedTuple):
     row: JournalRow | None
     done: Done | None
     session: int
+    seq: int
 
 
 class JournalWriter:
     """Batches journal rows: one transaction per tick; `done` callbacks run after the commit.
 
-    A callback without a row is a barrier: it runs once everything put before it is on disk.
+    A callback without a row is a barrier: it runs once everything put before it is on disk,
+    and never when a row put before it failed to be written (the barrier answers a RELP resend,
+    which may be the resend of that very row).
 
     Faults never stop the daemon (bans go on being enforced; RELP senders keep what is not
     acknowledged and send it again):
@@ -172,6 +180,10 @@ class JournalWriter:
         self.recoveries = 0
         self.failing: str | None = None
         """What the last failed operation said, until one succeeds again."""
+        self._seq = 0
+        self._broken: list[tuple[int, int]] = []
+        """(first failed row, first item put after the failure was known): barriers between
+        them are never answered"""
 
     async def open(self) -> list[Note]:
         """Open the journal; a damaged one is moved aside and a fresh one started (what
@@ -189,7 +201,8 @@ class JournalWriter:
             self.skipped += 1
             return
         self.pending += row is not None
-        self._batcher.put(_Item(row, done, session))
+        self._seq += 1
+        self._batcher.put(_Item(row, done, session, self._seq))
 
     # -- on the writer thread ----------------------------------------------------------------
 
@@ -197,6 +210,7 @@ class JournalWriter:
         """Run a journal operation; if the file turns out damaged, deleted or replaced, recover
         and run it once more on the fresh file. Other errors propagate."""
         try:
+            self.journal.ensure_open()
             operation()
             return []
         except (JournalDamaged, sqlite3.DatabaseError) as exc:
@@ -246,13 +260,18 @@ class JournalWriter:
             # resends must be taken as new, not as repeats of what was never stored
             for item in batch:
                 if item.row is not None and item.row.digest:
-                    self.guard.forget(item.session, item.row.digest)
+                    self.guard.forget(item.session, item.row.peer, item.row.digest)
+            self._broken.append((batch[0].seq, self._seq + 1))
             return
         self.commits += 1
+        broken = self._broken
         for item in batch:
             self.rows += item.row is not None
-            if item.done is not None:
+            if item.done is not None and not (
+                    item.row is None and any(lo < item.seq < hi for lo, hi in broken)):
                 item.done()
+        if broken:  # ranges whose every item has been through are done with
+            self._broken = [(lo, hi) for lo, hi in broken if hi > batch[-1].seq]
 
     async def housekeeping(self, now: float, *, prune: bool) -> None:
         """Check the file is still sound and where it was, then (if asked) prune old rows;

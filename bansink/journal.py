@@ -107,6 +107,19 @@ def _private_directory(path: Path) -> None:
         os.chmod(directory, 0o700)
 
 
+KEEP_ASIDE = 3
+"""Damaged or replaced files moved aside that are kept (the newest); older ones are deleted,
+so that a file damaged again and again cannot fill the disk."""
+
+
+def _keep_newest(path: Path, keep: int) -> None:
+    for kind in ("damaged", "replaced"):
+        aside = sorted(path.parent.glob(f"{path.name}.{kind}-*[0-9TZ]"))
+        for old in aside[:-keep]:
+            for suffix in ("", *_SIDE_FILES):
+                old.with_name(old.name + suffix).unlink(missing_ok=True)
+
+
 def _roll_back(db: sqlite3.Connection) -> None:
     """End a failed transaction (a full disk) so that the next one can begin."""
     if db.in_transaction:
@@ -123,6 +136,7 @@ class Journal:
         self.max_rows = max_rows
         self._db: sqlite3.Connection | None = None
         self._fd: int | None = None  # the file as opened: tells deletion and replacement
+        self._salvaged: list[JournalRow] = []  # read from a lost file, not yet written anew
 
     def open(self) -> None:
         """Open or create the journal; JournalDamaged if the file is not a sound journal."""
@@ -196,14 +210,14 @@ class Journal:
         it) and a replacing file is moved aside as `<name>.replaced-<UTC time>`. Returns (where
         a file was moved, rows salvaged)."""
         fault = self._whereabouts() if self._fd is not None else None
-        salvaged: list[JournalRow] = []
         if fault in ("deleted", "replaced") and self._db is not None:
             try:
-                salvaged = list(self.replay(since))
+                self._salvaged = list(self.replay(since))
             except sqlite3.Error:
-                salvaged = []
+                pass
+        salvaged = len(self._salvaged)
         self.close()  # checkpoints into the opened file and removes its -wal and -shm
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         aside = None
         if fault in ("deleted", "replaced"):
             if self.path.exists():
@@ -215,10 +229,21 @@ class Journal:
                 source = self.path.with_name(self.path.name + suffix)
                 if source.exists():
                     source.rename(aside.with_name(aside.name + suffix))
+        _keep_newest(self.path, KEEP_ASIDE)
+        self.ensure_open()
+        return (str(aside) if aside else None), salvaged
+
+    @property
+    def is_open(self) -> bool:
+        return self._db is not None
+
+    def ensure_open(self) -> None:
+        """Open the file again if a recovery could not (a full disk, say), and write the rows
+        salvaged from a lost file; each later operation retries this first."""
         self.open()
-        if salvaged:
-            self.append(salvaged)
-        return (str(aside) if aside else None), len(salvaged)
+        if self._salvaged:
+            self.append(self._salvaged)
+            self._salvaged = []
 
     @property
     def db(self) -> sqlite3.Connection:

@@ -56,4 +56,7 @@ def descriptors_in_use() -> tuple[int, int]:
     the daemon checks this itself."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     limit = sys.maxsize if soft == resource.RLIM_INFINITY else soft
-    return len(os.listdir("/proc/self/fd")) - 1, limit  # less the one listdir holds
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1, limit  # less the one listdir holds
+    except OSError:  # listing needs a descriptor too: none left
+        return limit, limit

@@ -2,6 +2,7 @@ import asyncio
 import os
 import time
 from collections import defaultdict, deque
+from types import SimpleNamespace
 
 from bansink.config import parse_config
 from bansink.daemon import build_pipeline
@@ -167,3 +168,28 @@ def test_replay_rebuilds_counts_and_the_resend_candidates_and_shortens_bans():
     bans = replay(rows, pipeline, tails, mono_now=500.0, wall_now=wall, counts_since=wall - 600)
     assert [(str(b.ip), round(b.bantime)) for b in bans] == [("203.0.113.7", 80)]
     assert tails == {"127.0.0.1": deque([b"d2"], maxlen=1)}  # RELP rows only, the last window
+
+
+def test_a_resend_is_never_answered_when_a_row_before_it_failed_to_be_written(tmp_path):
+    """The race the barrier guards: a session broke while its last frame was being written;
+    the next session's resend of it matched; then that write failed."""
+    guard = ResendGuard(window=128, horizon=600)
+    writer = JournalWriter(Journal(tmp_path / "j.db", retention=600, max_rows=1000),
+                           interval=0.01, guard=guard, salvage_horizon=600)
+    queued: list = []
+    writer._batcher = SimpleNamespace(put=queued.append)  # batches by hand
+    acked: list[str] = []
+    guard.session_started(1, S, 0.0)
+    guard.took(1, b"d", counted=True)
+    writer.put(JournalRow(1.0, "relp", S, b"x", b"d"), lambda: acked.append("original"), 1)
+    guard.session_ended(1, S, clean=False, now=1.0)
+    guard.session_started(2, S, 2.0)
+    assert guard.is_resend(2, b"d")
+    writer.put(None, lambda: acked.append("resend"), 2)  # the barrier, before the failure
+    writer._written(queued[:1], OSError("disk full"))
+    writer.put(JournalRow(3.0, "relp", S, b"y", b"e"), lambda: acked.append("later"), 2)
+    writer._written(queued[1:], [])  # the next batch is written
+    assert acked == ["later"]  # never "resend": its original is not on disk
+    guard.session_ended(2, S, clean=False, now=3.0)
+    guard.session_started(3, S, 4.0)
+    assert not guard.is_resend(3, b"d")  # so the next resend of it counts and is stored

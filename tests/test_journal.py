@@ -5,7 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from bansink.journal import SCHEMA_VERSION, Journal, JournalDamaged, JournalError, JournalRow
+from bansink.journal import (
+    KEEP_ASIDE,
+    SCHEMA_VERSION,
+    Journal,
+    JournalDamaged,
+    JournalError,
+    JournalRow,
+)
 
 
 def row(t: float, raw: bytes = b"<38>x") -> JournalRow:
@@ -131,3 +138,30 @@ def test_a_failed_append_leaves_no_transaction_open(journal):
     journal.db.execute("PRAGMA query_only=0")
     journal.append([row(2.0)])  # BEGIN works again
     assert [r.received_at for r in journal.replay(0)] == [2.0]
+
+
+def test_a_recovery_that_cannot_open_a_fresh_file_keeps_the_salvage_for_the_next_try(
+        journal, tmp_path, monkeypatch):
+    journal.append([row(1.0, b"kept")])
+    (tmp_path / "journal.db").unlink()
+    real_open = Journal.open
+
+    def full_disk(self):
+        raise JournalError("disk full")
+
+    monkeypatch.setattr(Journal, "open", full_disk)
+    with pytest.raises(JournalError):
+        journal.recover(since=0)
+    assert not journal.is_open
+    monkeypatch.setattr(Journal, "open", real_open)
+    journal.ensure_open()  # what the writer does before its next operation
+    assert [r.raw for r in journal.replay(0)] == [b"kept"]
+
+
+def test_only_the_newest_files_moved_aside_are_kept(journal, tmp_path):
+    for _ in range(KEEP_ASIDE + 2):
+        with open(tmp_path / "journal.db", "r+b") as f:
+            f.write(b"\0" * 100)
+        journal.recover(since=0)
+    aside = sorted(p.name for p in tmp_path.glob("journal.db.damaged-*"))
+    assert len([n for n in aside if n.endswith("Z")]) == KEEP_ASIDE
