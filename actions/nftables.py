@@ -55,7 +55,7 @@ _INSTALL_HINT = (
 def load_libnftables() -> Any:
     """A libnftables context with JSON output, or BackendUnavailable saying what to install."""
     try:
-        import nftables  # type: ignore[import-not-found]
+        import nftables  # type: ignore[import-untyped,unused-ignore]
     except ImportError:
         raise BackendUnavailable(
             f"the nftables Python bindings are missing: {_INSTALL_HINT}"

@@ -102,10 +102,9 @@ def _bounded_duration(value: Any, *, low: float, high: float) -> float:
     return seconds
 
 
-def _duration_type(low: float, high: float) -> Any:
-    """A duration type accepting [low, high] seconds (low > 0: zero is always refused)."""
-    return Annotated[float, BeforeValidator(functools.partial(_bounded_duration, low=low,
-                                                              high=high))]
+def _between(low: float, high: float) -> BeforeValidator:
+    """Validation of a duration of [low, high] seconds (low > 0: zero is always refused)."""
+    return BeforeValidator(functools.partial(_bounded_duration, low=low, high=high))
 
 
 def _network(value: Any) -> str:
@@ -181,13 +180,13 @@ FileName = Annotated[str, BeforeValidator(_file_name)]
 LocalUser = Annotated[str | int, BeforeValidator(_local_user)]
 Port = Annotated[int, Field(strict=True, gt=0, lt=65536)]
 
-CommitInterval = _duration_type(0.0, 1.0)
+CommitInterval = Annotated[float, _between(0.0, 1.0)]
 """A batching tick: more than zero, at most 1 second."""
-IdleTimeout = _duration_type(SECOND, DAY)
-FindTime = _duration_type(SECOND, 30 * DAY)
-BanTime = _duration_type(SECOND, MAX_BANTIME)
-Retention = _duration_type(SECOND, 365 * DAY)
-RelpDedupe = _duration_type(SECOND, DAY)
+IdleTimeout = Annotated[float, _between(SECOND, DAY)]
+FindTime = Annotated[float, _between(SECOND, 30 * DAY)]
+BanTime = Annotated[float, _between(SECOND, MAX_BANTIME)]
+Retention = Annotated[float, _between(SECOND, 365 * DAY)]
+RelpDedupe = Annotated[float, _between(SECOND, DAY)]
 
 
 def _count(default: int, low: int, high: int) -> Any:

@@ -12,8 +12,8 @@ IPNetwork = IPv4Network | IPv6Network
 
 def normalize(ip: IPAddress) -> IPAddress:
     """IPv4-mapped IPv6 (::ffff:192.0.2.1) is the IPv4 address it carries."""
-    if ip.version == 6 and ip.ipv4_mapped is not None:  # type: ignore[union-attr]
-        return ip.ipv4_mapped  # type: ignore[union-attr]
+    if isinstance(ip, IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
     return ip
 
 

@@ -27,8 +27,6 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Final, NamedTuple, NoReturn
 
-from bansink import __version__
-
 from .framing import CLOSED, NEED_DATA, _Sentinel
 
 MAX_TXNR = 999_999_999
@@ -98,7 +96,7 @@ SERVERCLOSE: Final = b"0 serverclose 0\n"
 
 class RelpSession:
     def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-                 software: str = f"bansink,{__version__},-") -> None:
+                 software: str = "bansink,-,-") -> None:
         self.max_frame_size = max_frame_size
         self.software = software
         self.state = State.AWAIT_OPEN

@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import time
 from functools import partial
+from importlib import metadata
 
 from .relp import (
     CLOSED,
@@ -27,10 +28,21 @@ MAX_UNANSWERED = 1024
 _session_ids = itertools.count(1)
 
 
+def _software() -> str:
+    """The relp_software offer: name, version, URL (librelp's form)."""
+    try:
+        return f"bansink,{metadata.version('bansink')},-"
+    except metadata.PackageNotFoundError:  # a plain checkout
+        return "bansink,-,-"
+
+
+SOFTWARE = _software()
+
+
 class _RelpStream(AdmittedStream):
     def __init__(self, listener: StreamListener) -> None:
         super().__init__(listener)
-        self.session = RelpSession(max_frame_size=listener.max_message_size)
+        self.session = RelpSession(max_frame_size=listener.max_message_size, software=SOFTWARE)
         self.session_id = next(_session_ids)
         self.started = False  # the intake was told relp_session_started
         self.close_received = False

@@ -7,6 +7,7 @@ import socket
 import time
 
 import asyncio_dgram
+from asyncio_dgram.aio import DatagramServer
 
 from .intake import Admit, Dropped, Intake
 from .syslog import parse_syslog
@@ -49,7 +50,7 @@ class UdpListener:
         self._admit, self._intake = admit, intake
         self._max = max_message_size
         self._receive_buffer = receive_buffer
-        self._stream: asyncio_dgram.DatagramServer | None = None
+        self._stream: DatagramServer | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -59,7 +60,9 @@ class UdpListener:
 
     async def start(self) -> None:
         sock = _datagram_socket(self.host, self.port, self._receive_buffer)
-        self._stream = await asyncio_dgram.from_socket(sock)
+        stream = await asyncio_dgram.from_socket(sock)
+        assert isinstance(stream, DatagramServer)  # a bound, unconnected socket
+        self._stream = stream
         self._task = asyncio.get_running_loop().create_task(self._serve())
 
     async def _serve(self) -> None:
@@ -70,9 +73,10 @@ class UdpListener:
                 data, addr = await recv()
             except asyncio_dgram.TransportClosed:
                 return
-            peer = admit(addr[0])
+            source: str = addr[0]  # type: ignore[index]  # (host, port, ...) for an IP socket
+            peer = admit(source)
             if peer is None:
-                intake.on_drop(Dropped("sender_not_allowed", addr[0], TRANSPORT, len(data)))
+                intake.on_drop(Dropped("sender_not_allowed", source, TRANSPORT, len(data)))
             elif len(data) > limit:
                 intake.on_drop(Dropped("oversized", peer, TRANSPORT, len(data)))
             else:
