@@ -13,8 +13,8 @@ from bansink.actions.nftables import NftablesError, NftablesSet
 
 from .config import DEFAULT_PATH, Config, ConfigError, load_config
 from .daemon import ListenError, serve
-from .journal import JournalError
 from .logs import configure_logging
+from .store.journal import JournalError
 
 
 def _fail(message: str, code: int = 1) -> int:

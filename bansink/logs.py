@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections import Counter
 
 import structlog
 
@@ -41,3 +42,24 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
+
+
+class Throttle:
+    """At most one log line per key per `interval` seconds; counts what it held back."""
+
+    def __init__(self, interval: float = 10.0, max_keys: int = 10_000) -> None:
+        self.interval, self.max_keys = interval, max_keys
+        self._last: dict[tuple[str, ...], float] = {}
+        self._held: Counter[tuple[str, ...]] = Counter()
+
+    def allow(self, key: tuple[str, ...], now: float) -> int | None:
+        """None to stay quiet; else how many were held back since the last line."""
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._held[key] += 1
+            return None
+        if len(self._last) >= self.max_keys:
+            self._last.clear()
+            self._held.clear()
+        self._last[key] = now
+        return self._held.pop(key, 0)

@@ -88,6 +88,13 @@ class Jail:
         failures[ip] = times[0] if len(times) == 1 else times
         return None
 
+    def next_deadline(self) -> float | None:
+        """When the address quiet the longest leaves the window (`expire` has work), if any."""
+        if not self._failures:
+            return None
+        times = next(iter(self._failures.values()))
+        return (times[-1] if isinstance(times, tuple) else times) + self.settings.findtime
+
     def expire(self, now: float) -> int:
         """Forget addresses whose latest failure has left the window; return how many."""
         horizon = now - self.settings.findtime

@@ -101,3 +101,6 @@ class SecurityPipeline:
 
     def expire(self, now: float) -> int:
         return self.jail.expire(now)
+
+    def next_deadline(self) -> float | None:
+        return self.jail.next_deadline()

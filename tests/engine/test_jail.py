@@ -74,3 +74,14 @@ def test_tracked_addresses_are_capped_oldest_first():
 def test_nonsense_settings_are_refused(kw):
     with pytest.raises(ValueError):
         JailSettings(name="x", **kw)
+
+
+def test_next_deadline_is_when_the_quietest_address_leaves_the_window():
+    j = Jail(JailSettings("t", maxretry=5, findtime=60, bantime=1))
+    assert j.next_deadline() is None
+    j.observe(A, 10.0)
+    j.observe(B, 20.0)
+    j.observe(A, 30.0)  # A is now the latest: B leaves first
+    assert j.next_deadline() == 80.0
+    assert j.expire(79.0) == 0 and j.expire(80.0) == 1
+    assert j.next_deadline() == 90.0

@@ -1,16 +1,10 @@
 import asyncio
-import os
-import time
-from collections import defaultdict, deque
 from types import SimpleNamespace
 
-from bansink.config import parse_config
-from bansink.daemon import build_pipeline
-from bansink.durability import JournalWriter, ResendGuard, replay
-from bansink.journal import Journal, JournalRow
+from bansink.resends import ResendGuard
+from bansink.store.journal import Journal, JournalRow
+from bansink.store.writer import JournalWriter
 
-RAW = (b'<38>Aug 22 10:00:00 web roundcube: Login failed: client_ip="203.0.113.7", '
-       b'user="u{}", code=0')
 S = "192.0.2.2"
 
 
@@ -92,7 +86,9 @@ def test_a_failed_write_forgets_its_digests_so_the_resend_counts(tmp_path):
 
     async def scenario():
         journal = Journal(tmp_path / "j.db", retention=600, max_rows=1000)
-        writer = JournalWriter(journal, interval=0.01, guard=guard, salvage_horizon=600)
+        writer = JournalWriter(journal, interval=0.01, salvage_horizon=600,
+                               unwritten=lambda row, session: guard.forget(session, row.peer,
+                                                                           row.digest))
         await writer.open()
         guard.session_started(7, S, 0.0)
         guard.took(7, b"d1", counted=True)
@@ -110,72 +106,14 @@ def test_a_failed_write_forgets_its_digests_so_the_resend_counts(tmp_path):
     assert not guard.is_resend(8, b"d1")  # the resend is new, not a repeat
 
 
-def test_writer_skips_unacknowledged_rows_when_backed_up_but_never_reliable_ones(tmp_path):
-    async def scenario():
-        journal = Journal(tmp_path / "j.db", retention=600, max_rows=1000)
-        writer = JournalWriter(journal, interval=0.01, guard=ResendGuard(128, 60),
-                               salvage_horizon=600, max_pending=2)
-        await writer.open()
-        acked = []
-        row = JournalRow(1.0, "tcp", S, b"x", b"")
-        writer.put(row, None)
-        writer.put(row, None)
-        writer.put(row, None)  # a third unacknowledged row while two wait: skipped
-        writer.put(row._replace(transport="relp"), lambda: acked.append("relp"))
-        writer.put(None, lambda: acked.append("barrier"))
-        await writer.close()
-        return writer, acked
-
-    writer, acked = asyncio.run(scenario())
-    assert writer.skipped == 1 and writer.rows == 3 and writer.pending == 0
-    assert acked == ["relp", "barrier"]  # in order, after the commit
-
-
-def test_a_journal_deleted_while_running_is_recreated_with_its_rows_before_any_ack(tmp_path):
-    path = tmp_path / "j.db"
-
-    async def scenario():
-        writer = JournalWriter(Journal(path, retention=600, max_rows=1000), interval=0.01,
-                               guard=ResendGuard(128, 60), salvage_horizon=600)
-        await writer.open()
-        acked: list[int] = []
-        now = time.time()
-        for i in range(400):
-            writer.put(JournalRow(now - 1, "relp", S, b"m%d" % i, b"d"), lambda: None)
-        await writer._batcher.close()
-        os.unlink(path)  # behind bansink's back
-        writer._batcher = type(writer._batcher)(0.01, writer._write, writer._written, "j")
-        writer.put(JournalRow(now, "relp", S, b"after", b"d"), lambda: acked.append(1))
-        await writer.close()
-        return writer, acked
-
-    writer, acked = asyncio.run(scenario())
-    assert acked == [1] and writer.recoveries == 1
-    again = Journal(path, retention=600, max_rows=1000)
-    again.open()
-    raws = [r.raw for r in again.replay(0)]
-    again.close()
-    assert len(raws) == 401 and raws[-1] == b"after"  # the 400 acknowledged rows were salvaged
-
-
-def test_replay_rebuilds_counts_and_the_resend_candidates_and_shortens_bans():
-    pipeline = build_pipeline(parse_config({"jail": {"maxretry": 2, "bantime": 100}}))
-    wall = 10_000.0
-    rows = [JournalRow(wall - 30, "relp", "127.0.0.1", RAW.replace(b"{}", b"1"), b"d1"),
-            JournalRow(wall - 20, "relp", "127.0.0.1", RAW.replace(b"{}", b"2"), b"d2"),
-            JournalRow(wall - 10, "udp", "127.0.0.1", RAW.replace(b"{}", b"3"), b"")]
-    tails: defaultdict[str, deque[bytes]] = defaultdict(lambda: deque(maxlen=1))
-    bans = replay(rows, pipeline, tails, mono_now=500.0, wall_now=wall, counts_since=wall - 600)
-    assert [(str(b.ip), round(b.bantime)) for b in bans] == [("203.0.113.7", 80)]
-    assert tails == {"127.0.0.1": deque([b"d2"], maxlen=1)}  # RELP rows only, the last window
-
-
 def test_a_resend_is_never_answered_when_a_row_before_it_failed_to_be_written(tmp_path):
     """The race the barrier guards: a session broke while its last frame was being written;
     the next session's resend of it matched; then that write failed."""
     guard = ResendGuard(window=128, horizon=600)
     writer = JournalWriter(Journal(tmp_path / "j.db", retention=600, max_rows=1000),
-                           interval=0.01, guard=guard, salvage_horizon=600)
+                           interval=0.01, salvage_horizon=600,
+                           unwritten=lambda row, session: guard.forget(session, row.peer,
+                                                                       row.digest))
     queued: list = []
     writer._batcher = SimpleNamespace(put=queued.append)  # batches by hand
     acked: list[str] = []

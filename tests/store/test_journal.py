@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from bansink.journal import (
+from bansink.store.journal import (
     KEEP_ASIDE,
     SCHEMA_VERSION,
     Journal,

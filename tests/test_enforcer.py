@@ -1,15 +1,10 @@
 import asyncio
-import json
-import logging
 from ipaddress import ip_address
-
-import structlog
 
 from bansink.actions.backend import CommitResult
 from bansink.actions.dryrun import DryRunBackend
-from bansink.daemon import Enforcer, Throttle
+from bansink.enforcer import Enforcer
 from bansink.engine.jail import BanDecision
-from bansink.logs import configure_logging
 
 
 class CountingBackend(DryRunBackend):
@@ -35,28 +30,6 @@ def test_bans_decided_in_one_tick_go_out_in_one_commit():
 
     assert asyncio.run(scenario()) == 50
     assert backend.commits == [50]
-
-
-def test_throttle_allows_one_line_per_key_and_interval_and_counts_the_rest():
-    throttle = Throttle(interval=10)
-    assert throttle.allow(("drop", "192.0.2.9"), 0.0) == 0
-    assert throttle.allow(("drop", "192.0.2.9"), 1.0) is None
-    assert throttle.allow(("drop", "192.0.2.9"), 2.0) is None
-    assert throttle.allow(("drop", "192.0.2.8"), 2.0) == 0
-    assert throttle.allow(("drop", "192.0.2.9"), 10.0) == 2
-
-
-def test_stdlib_records_are_rendered_as_json_lines(capsys):
-    configure_logging("json", "info")
-    try:
-        logging.getLogger("asyncio").error("Exception in callback %s", "x")
-        out = capsys.readouterr().out
-    finally:  # the renderer holds this test's captured stdout: leave none behind
-        structlog.reset_defaults()
-        logging.getLogger().handlers.clear()
-    line = json.loads(out.strip().splitlines()[-1])
-    assert (line["event"], line["level"], line["logger"]) == ("Exception in callback x", "error",
-                                                             "asyncio")
 
 
 class FlakyBackend(DryRunBackend):

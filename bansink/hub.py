@@ -1,0 +1,132 @@
+"""The per-message hub between the listeners and the engine, the journal and the enforcer."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import Counter
+
+import structlog
+
+from bansink.engine.events import MalformedEvent
+from bansink.engine.pipeline import Banned, Counted, Ignored, Outcome, SecurityPipeline
+from bansink.receiver.intake import Dropped
+from bansink.receiver.syslog import MalformedSyslog, SyslogMessage
+
+from .enforcer import Enforcer
+from .logs import Throttle
+from .resends import ResendGuard
+from .store.journal import JournalRow
+from .store.writer import Done, JournalWriter
+
+log = structlog.get_logger("bansink")
+
+
+def digest_of(message: SyslogMessage) -> bytes:
+    return hashlib.blake2b(message.peer.encode() + b"\0" + message.raw, digest_size=16).digest()
+
+
+
+
+def journal_row(message: SyslogMessage, transport: str, digest: bytes) -> JournalRow:
+    return JournalRow(message.received_at, transport, message.peer, message.raw, digest)
+
+
+class Hub:
+    """The per-message hub: takes what the listeners deliver (receiver.intake.Intake), has it
+    judged, keeps what counted (the journal; RELP answers once it is on disk), hands bans to the
+    enforcer, counts and logs what matters. Start-up replay goes through `judge` as well."""
+
+    def __init__(self, pipeline: SecurityPipeline, enforcer: Enforcer,
+                 journal: JournalWriter | None, guard: ResendGuard) -> None:
+        """`journal` None: nothing is kept, RELP is answered on receipt."""
+        self.pipeline, self.enforcer, self.journal = pipeline, enforcer, journal
+        self.guard = guard
+        self.received: Counter[str] = Counter()
+        self.drops: Counter[str] = Counter()
+        self.throttle = Throttle()
+        self._loop = asyncio.get_running_loop()
+
+    def on_message(self, message: SyslogMessage | MalformedSyslog, transport: str) -> None:
+        self._take(message, transport, None, 0)
+
+    def on_reliable_message(self, message: SyslogMessage | MalformedSyslog, transport: str,
+                            done: Done, *, session: int) -> None:
+        self._take(message, transport, done, session)
+
+    def relp_session_started(self, session: int, peer: str) -> None:
+        self.guard.session_started(session, peer, self._loop.time())
+
+    def relp_session_ended(self, session: int, peer: str, clean: bool) -> None:
+        self.guard.session_ended(session, peer, clean, self._loop.time())
+
+    def judge(self, message: SyslogMessage | MalformedSyslog, now: float) -> Outcome | None:
+        """The one way a message becomes an outcome, live or replayed: None for malformed
+        syslog; malformed events and protected addresses are logged here (throttled)."""
+        if isinstance(message, MalformedSyslog):
+            self.drops["malformed_syslog"] += 1
+            held = self.throttle.allow(("malformed_syslog", message.peer), now)
+            if held is not None:
+                log.warning("malformed_syslog", peer=message.peer, reason=message.reason,
+                            raw=message.raw.decode("utf-8", "replace"), suppressed=held)
+            return None
+        outcome = self.pipeline.handle(message, now)
+        if isinstance(outcome, MalformedEvent):
+            held = self.throttle.allow(("malformed_event", message.peer), now)
+            if held is not None:
+                log.warning("malformed_event", peer=message.peer, reason=outcome.reason,
+                            raw=outcome.raw[:200], suppressed=held)
+        elif isinstance(outcome, Ignored) and outcome.reason != "unresolvable":
+            held = self.throttle.allow(("protected", outcome.reason), now)
+            if held is not None:
+                log.info("not_banned", reason=outcome.reason, chain=outcome.event.client_chain,
+                         peer=message.peer, suppressed=held)
+        return outcome
+
+    def _take(self, message: SyslogMessage | MalformedSyslog, transport: str,
+              done: Done | None, session: int) -> None:
+        """Count, decide, keep. `done` (a RELP ack) runs once the message is durable: after its
+        journal row is committed, or at once when it did not count toward anything."""
+        self.received[transport] += 1
+        now = self._loop.time()
+        digest = b""  # only RELP resends need finding
+        if done is not None and isinstance(message, SyslogMessage):
+            digest = digest_of(message)
+            if self.guard.is_resend(session, digest):
+                # a resend after a reconnect: answer it once the original is on disk (a barrier)
+                self.drops["relp_resend"] += 1
+                if self.journal is not None:
+                    self.journal.put(None, done)
+                else:
+                    done()
+                return
+        outcome = self.judge(message, now)
+        counted = isinstance(outcome, Counted | Banned)
+        if digest:
+            self.guard.took(session, digest, counted=counted)
+        if counted and self.journal is not None:
+            assert isinstance(message, SyslogMessage)
+            self.journal.put(journal_row(message, transport, digest), done, session)
+        elif done is not None:
+            done()
+        if isinstance(outcome, Banned):
+            self.enforcer.ban(outcome.decision)
+
+    def on_drop(self, dropped: Dropped) -> None:
+        self.drops[dropped.reason] += 1
+        # a stranger's address may be forged (UDP): one line per transport, not per address
+        peer = "" if dropped.reason == "sender_not_allowed" else dropped.peer
+        key = (dropped.reason, peer, dropped.transport)
+        held = self.throttle.allow(key, self._loop.time())
+        if held is not None:
+            log.warning("drop", reason=dropped.reason, peer=dropped.peer,
+                        transport=dropped.transport, size=dropped.size, detail=dropped.detail,
+                        suppressed=held)
+
+    def unwritten(self, row: JournalRow, session: int) -> None:
+        """A failed write lost this row: a RELP resend of it must count again."""
+        if row.digest:
+            self.guard.forget(session, row.peer, row.digest)
+
+    def counters(self) -> dict[str, object]:
+        return {"received": dict(self.received), "drops": dict(self.drops)}

@@ -1,0 +1,55 @@
+import asyncio
+import os
+import time
+
+from bansink.store.journal import Journal, JournalRow
+from bansink.store.writer import JournalWriter
+
+S = "192.0.2.2"
+
+
+def test_writer_skips_unacknowledged_rows_when_backed_up_but_never_reliable_ones(tmp_path):
+    async def scenario():
+        journal = Journal(tmp_path / "j.db", retention=600, max_rows=1000)
+        writer = JournalWriter(journal, interval=0.01, salvage_horizon=600, max_pending=2)
+        await writer.open()
+        acked = []
+        row = JournalRow(1.0, "tcp", S, b"x", b"")
+        writer.put(row, None)
+        writer.put(row, None)
+        writer.put(row, None)  # a third unacknowledged row while two wait: skipped
+        writer.put(row._replace(transport="relp"), lambda: acked.append("relp"))
+        writer.put(None, lambda: acked.append("barrier"))
+        await writer.close()
+        return writer, acked
+
+    writer, acked = asyncio.run(scenario())
+    assert writer.skipped == 1 and writer.rows == 3 and writer.pending == 0
+    assert acked == ["relp", "barrier"]  # in order, after the commit
+
+
+def test_a_journal_deleted_while_running_is_recreated_with_its_rows_before_any_ack(tmp_path):
+    path = tmp_path / "j.db"
+
+    async def scenario():
+        writer = JournalWriter(Journal(path, retention=600, max_rows=1000), interval=0.01,
+                               salvage_horizon=600)
+        await writer.open()
+        acked: list[int] = []
+        now = time.time()
+        for i in range(400):
+            writer.put(JournalRow(now - 1, "relp", S, b"m%d" % i, b"d"), lambda: None)
+        await writer._batcher.close()
+        os.unlink(path)  # behind bansink's back
+        writer._batcher = type(writer._batcher)(0.01, writer._write, writer._written, "j")
+        writer.put(JournalRow(now, "relp", S, b"after", b"d"), lambda: acked.append(1))
+        await writer.close()
+        return writer, acked
+
+    writer, acked = asyncio.run(scenario())
+    assert acked == [1] and writer.recoveries == 1
+    again = Journal(path, retention=600, max_rows=1000)
+    again.open()
+    raws = [r.raw for r in again.replay(0)]
+    again.close()
+    assert len(raws) == 401 and raws[-1] == b"after"  # the 400 acknowledged rows were salvaged
