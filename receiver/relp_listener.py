@@ -51,18 +51,18 @@ class _RelpStream(AdmittedStream):
 
     def received(self, data: bytes) -> None:
         self.session.receive_data(data)
-        self._drain()
 
-    def ended(self) -> None:
-        self.session.receive_data(b"")
-        self._drain()
-
-    def _drain(self) -> None:
+    def drain(self, budget: int) -> bool:
         lst, peer, session = self.listener, self.peer, self.session
         assert peer is not None
         received_at = time.time()
+        more = True
         try:
-            while (event := session.next_event()) is not NEED_DATA and event is not CLOSED:
+            for _ in range(budget):
+                event = session.next_event()
+                if event is NEED_DATA or event is CLOSED:
+                    more = False
+                    break
                 if type(event) is RelpSyslog:
                     message = parse_syslog(event.message, peer=peer, received_at=received_at)
                     lst.intake.on_reliable_message(message, lst.transport_name,
@@ -77,9 +77,11 @@ class _RelpStream(AdmittedStream):
                     self.close_received = True
         except RelpProtocolError as exc:
             lst.drop("relp_framing_error", peer, detail=exc.reason)
+            more = False
         self._flush()
         if session.unanswered > MAX_UNANSWERED:
             self.pause("unanswered")
+        return more
 
     def _durable(self, txnr: int) -> None:
         self.session.ack(txnr)

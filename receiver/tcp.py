@@ -19,6 +19,11 @@ from .tls import name_allowed
 # (asyncio's pause_writing/resume_writing), so a client that never reads cannot grow our memory.
 WRITE_BUFFER_HIGH = 64 * 1024
 HANDSHAKE_TIMEOUT = 10.0
+# Frames a connection handles per pass of the event loop. One read can hold thousands, and a
+# busy sender is read again at once: handled in one go, they would hold back the loop's timers
+# (the nft commit a ban waits for) and the other connections. Past the budget, reading pauses
+# and the rest is handled in later passes (~256 x 10 us: a few ms at a time).
+FRAME_BUDGET = 256
 
 
 class StreamListener:
@@ -58,6 +63,8 @@ class StreamListener:
         self.connections: Counter[str] = Counter()
         self._open: set[AdmittedStream] = set()
         self._server: asyncio.Server | None = None
+        self.stopped = False
+        """The daemon is stopping: frames still buffered are not handled any more."""
 
     stream: type[AdmittedStream]
 
@@ -74,6 +81,7 @@ class StreamListener:
         )
 
     async def stop(self) -> None:
+        self.stopped = True
         if self._server is not None:
             self._server.close()
         for stream in list(self._open):
@@ -96,8 +104,14 @@ class StreamListener:
 
 
 class AdmittedStream(asyncio.Protocol):
-    """Admission, caps, the TLS handshake, write backpressure and the idle timer; subclasses
-    implement `received` and `ended` (and may override `gone`)."""
+    """Admission, caps, the TLS handshake, write backpressure, the idle timer and the frame
+    budget; subclasses implement `received` (buffer bytes; b"" is EOF) and `drain` (handle
+    buffered frames), and may override `gone`.
+
+    A connection handles at most FRAME_BUDGET frames per pass of the event loop: past it,
+    reading pauses ("backlog") and the rest is handled from `loop.call_soon`, reading resumes
+    once no complete frame is left. Frames buffered when the peer ends the connection are all
+    handled, in order, before `gone`."""
 
     def __init__(self, listener: StreamListener) -> None:
         self.listener = listener
@@ -111,6 +125,8 @@ class AdmittedStream(asyncio.Protocol):
         self._tcp: asyncio.Transport | None = None
         self._handshake: Coroutine[Any, Any, asyncio.BaseTransport | None] | None = None
         self._early: list[bytes] = []  # TLS bytes decrypted before the peer's names are checked
+        self._backlog = False  # frames left over the budget: reading paused, a pass scheduled
+        self._eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio subclasses
@@ -200,6 +216,8 @@ class AdmittedStream(asyncio.Protocol):
             return
         self.last_activity = asyncio.get_running_loop().time()
         self.received(data)
+        if not self._backlog:  # else the scheduled pass handles it, in order
+            self._handle()
 
     def eof_received(self) -> bool:
         if self.transport is None:
@@ -207,14 +225,42 @@ class AdmittedStream(asyncio.Protocol):
                 self._early.append(b"")
                 return True
             return False
-        self.ended()
-        return False
+        self._eof = True
+        self.received(b"")
+        if not self._backlog:
+            self._handle()
+        # frames left: keep the transport until they are handled, then close it (TLS cannot
+        # keep it: connection_lost handles them)
+        return self._backlog and self._tcp is None
 
     def received(self, data: bytes) -> None:
+        """Buffer `data` (b"": EOF) without handling it."""
         raise NotImplementedError
 
-    def ended(self) -> None:
+    def drain(self, budget: int) -> bool:
+        """Handle at most `budget` buffered frames; True when the budget ran out (frames may
+        be left), False when no complete frame is left."""
         raise NotImplementedError
+
+    # -- the frame budget ---------------------------------------------------------------------
+
+    def _handle(self) -> None:
+        if self.listener.stopped:
+            return
+        if self.drain(FRAME_BUDGET):
+            if not self._backlog:
+                self._backlog = True
+                self.pause("backlog")
+            asyncio.get_running_loop().call_soon(self._next_pass)
+        elif self._backlog:
+            self._backlog = False
+            self.resume("backlog")
+            if self._eof:
+                self.close()
+
+    def _next_pass(self) -> None:
+        if self._backlog:  # (not when the connection was lost meanwhile)
+            self._handle()
 
     # -- reading is paused while replies pile up ---------------------------------------------
 
@@ -250,6 +296,11 @@ class AdmittedStream(asyncio.Protocol):
             self._release(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._backlog:
+            self._backlog = False
+            if not self.listener.stopped:  # what was read before the end, all of it, in order
+                while self.drain(FRAME_BUDGET):
+                    pass
         self._release(exc)
 
     def _release(self, exc: Exception | None) -> None:
@@ -276,26 +327,22 @@ class _SyslogStream(AdmittedStream):
 
     def received(self, data: bytes) -> None:
         self.framer.receive_data(data)
-        self._drain()
 
-    def ended(self) -> None:
-        self.framer.receive_data(b"")
-        self._drain()
-
-    def _drain(self) -> None:
+    def drain(self, budget: int) -> bool:
         framer, lst, peer = self.framer, self.listener, self.peer
         assert peer is not None
         received_at = time.time()
         name = lst.transport_name
         on_message = lst.intake.on_message
-        while True:
+        for _ in range(budget):
             event = framer.next_event()
             if type(event) is SyslogFrame:
                 on_message(parse_syslog(event.data, peer=peer, received_at=received_at), name)
             elif type(event) is FrameDropped:
                 lst.drop(event.reason, peer, event.size)
             elif event is NEED_DATA or event is CLOSED:
-                return
+                return False
+        return True
 
 
 class TcpListener(StreamListener):
