@@ -1,21 +1,27 @@
-"""What every enforcer offers: queue bans, then apply them in one commit."""
+"""What every enforcer offers: queue bans and deletions, then apply them in one commit."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Protocol
 
-from bansink.engine.jail import BanDecision
+from bansink.engine.decisions import Ban, Target
 
 
 @dataclass(frozen=True, slots=True)
 class CommitResult:
-    bans: tuple[BanDecision, ...]
+    bans: tuple[Ban, ...]
+    """On success, the bans applied; on error, those that did not take effect."""
     error: str | None = None
     """None on success; otherwise what the backend said (none of `bans` took effect)."""
     rebuilt: bool = False
     """The backend found its table (or a set) gone and re-created it before retrying: every
     ban from earlier commits was lost and must be added again by the caller."""
+    deletes: tuple[Target, ...] = ()
+    """Like `bans`, for the queued deletions: applied on success, not applied on error."""
+    refused: tuple[Target, ...] = ()
+    """Targets among the failed ones that this backend can never hold (e.g. a network where it
+    has only address sets): trying them again is pointless. `error` names them."""
 
     @property
     def ok(self) -> bool:
@@ -26,11 +32,17 @@ class BanBackend(Protocol):
     def setup(self) -> None:
         """Create what enforcement needs; raise BackendUnavailable with advice if impossible."""
 
-    def add(self, ban: BanDecision) -> None:
+    def add(self, ban: Ban) -> None:
         """Queue a ban for the next commit (cheap, no I/O)."""
 
+    def delete(self, target: Target) -> None:
+        """Queue the end of a ban for the next commit (cheap, no I/O). Deleting a target that
+        is not banned is not an error. Of an add and a delete of the same target queued for one
+        commit, the later one wins."""
+
     def commit(self) -> CommitResult:
-        """Apply every queued ban in one transaction (blocking: run it off the event loop)."""
+        """Apply every queued ban and deletion in one transaction (blocking: run it off the
+        event loop)."""
 
     def verify(self) -> str | None:
         """Cheaply check that enforcement is still in place (blocking, on the commit thread).

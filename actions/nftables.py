@@ -11,8 +11,14 @@ element on time, even while bansink is stopped, so there is no unban scheduler.
 
 A (re-)ban is `add` + `delete` + `add` of the element in one transaction: the first add makes the
 delete safe when the element is absent, and the delete makes the new timeout stick on kernels
-before 6.12, which ignore the timeout of an element that is re-added. Queued bans go out in one
-transaction per commit, never one call per ban.
+before 6.12, which ignore the timeout of an element that is re-added. Deleting a ban (the end of
+it) is the same without the last `add`, so deleting an element that is absent (expired, never
+banned) does not fail the transaction (nft's `delete element` alone would: ENOENT). Queued bans
+and deletions go out in one transaction per commit, never one call per ban.
+
+A ban's target may be a network (engine.decisions.Ban); the address sets cannot hold one, so such
+a ban (or deletion) is refused at commit, with an error naming it, never applied as something
+else.
 
 Local senders (optional). With loopback senders allowed, any local account could send syslog to
 127.0.0.1:514 and get any address banned. Given `local_ports` and `local_uids`, the table gets a
@@ -40,9 +46,11 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
-from bansink.engine.jail import BanDecision
+from bansink.engine.addresses import IPAddress
+from bansink.engine.decisions import Ban, Target
 
 from .backend import BackendUnavailable, CommitResult
 
@@ -146,7 +154,8 @@ class NftablesSet:
                              "as (0 for root), or None to turn the guard off")
         self.local_chain, self.local_priority = local_chain, local_priority
         self._nft: Any = None
-        self._pending: dict[str, BanDecision] = {}
+        self._pending: dict[str, tuple[Target, Ban | None]] = {}
+        """str(target) -> (target, its ban or None for a deletion); the latest request wins"""
         self._lock = threading.RLock()  # one libnftables context: one call at a time
 
     @property
@@ -331,37 +340,56 @@ class NftablesSet:
 
     # -- bans -----------------------------------------------------------------------------------
 
-    def add(self, ban: BanDecision) -> None:
-        self._pending[str(ban.ip)] = ban
+    def add(self, ban: Ban) -> None:
+        key = str(ban.target)
+        self._pending.pop(key, None)  # keep the order of the requests
+        self._pending[key] = (ban.target, ban)
 
-    def _transaction(self, bans: Sequence[BanDecision]) -> list[dict[str, Any]]:
+    def delete(self, target: Target) -> None:
+        key = str(target)
+        self._pending.pop(key, None)
+        self._pending[key] = (target, None)
+
+    def _transaction(self, changes: Sequence[tuple[IPAddress, Ban | None]]) -> list[dict[str, Any]]:
+        """Per set: a placeholder for every element touched (so that the delete cannot fail on
+        an absent one), the delete, then the bans with their timeouts."""
         commands: list[dict[str, Any]] = []
         for version, name in ((4, self.set4), (6, self.set6)):
-            mine = [b for b in bans if b.ip.version == version]
+            mine = [(str(ip), ban) for ip, ban in changes if ip.version == version]
             if not mine:
                 continue
-            values = [str(b.ip) for b in mine]
+            values = [value for value, _ in mine]
             placeholder = [{"elem": {"val": v, "timeout": 1}} for v in values]
-            timed = [{"elem": {"val": str(b.ip), "timeout": max(1, round(b.bantime))}}
-                     for b in mine]
             commands += [
                 {"add": {"element": self._ref(name=name, elem=placeholder)}},
                 {"delete": {"element": self._ref(name=name, elem=values)}},
-                {"add": {"element": self._ref(name=name, elem=timed)}},
             ]
+            timed = [{"elem": {"val": value, "timeout": max(1, round(ban.bantime))}}
+                     for value, ban in mine if ban is not None]
+            if timed:
+                commands.append({"add": {"element": self._ref(name=name, elem=timed)}})
         return commands
 
     def commit(self) -> CommitResult:
-        """Apply the queued bans, MAX_ELEMENTS_PER_TRANSACTION at a time (a million bans from
-        a replay would otherwise be one multi-second netlink transaction). When a transaction
-        fails because the table or a set was gone, they are re-created and the transaction
-        retried once; the result then says `rebuilt`: every other ban was lost with them."""
+        """Apply the queued bans and deletions, MAX_ELEMENTS_PER_TRANSACTION at a time (a
+        million bans from a replay would otherwise be one multi-second netlink transaction).
+        When a transaction fails because the table or a set was gone, they are re-created and
+        the transaction retried once; the result then says `rebuilt`: every other ban was lost
+        with them. Network targets are refused (see the module's docstring)."""
         pending, self._pending = self._pending, {}
-        bans = tuple(pending.values())
+        changes: list[tuple[IPAddress, Ban | None]] = []
+        refused: list[tuple[Target, Ban | None]] = []
+        for target, ban in pending.values():
+            if isinstance(target, IPv4Address | IPv6Address):
+                changes.append((target, ban))
+            else:
+                refused.append((target, ban))
         rebuilt = False
+        error: str | None = None
+        failed: Sequence[tuple[Target, Ban | None]] = ()
         with self._lock:
-            for start in range(0, len(bans), MAX_ELEMENTS_PER_TRANSACTION):
-                commands = self._transaction(bans[start : start + MAX_ELEMENTS_PER_TRANSACTION])
+            for start in range(0, len(changes), MAX_ELEMENTS_PER_TRANSACTION):
+                commands = self._transaction(changes[start : start + MAX_ELEMENTS_PER_TRANSACTION])
                 try:
                     self._run(commands)
                 except NftablesError as first:
@@ -370,6 +398,21 @@ class NftablesSet:
                         rebuilt = self._repair()[1] or rebuilt
                         self._run(commands)
                     except (NftablesError, BackendUnavailable) as exc:
-                        return CommitResult(bans[start:], rebuilt=rebuilt,
-                                            error=f"{first}; after checking the table: {exc}")
-        return CommitResult(bans, rebuilt=rebuilt)
+                        error = f"{first}; after checking the table: {exc}"
+                        failed = changes[start:]
+                        break
+        if refused:
+            named = ", ".join(str(target) for target, _ in refused[:5])
+            more = f" and {len(refused) - 5} more" if len(refused) > 5 else ""
+            why = (f"refused {named}{more}: a network cannot be banned or unbanned in the address "
+                   f"sets {self.set4}/{self.set6} (prefix bans are not supported by this backend "
+                   f"yet)")
+            error = why if error is None else f"{error}; {why}"
+            failed = [*failed, *refused]
+        if error is not None:
+            return CommitResult(tuple(ban for _, ban in failed if ban is not None), error=error,
+                                rebuilt=rebuilt,
+                                deletes=tuple(target for target, ban in failed if ban is None),
+                                refused=tuple(target for target, _ in refused))
+        return CommitResult(tuple(ban for _, ban in changes if ban is not None), rebuilt=rebuilt,
+                            deletes=tuple(target for target, ban in changes if ban is None))

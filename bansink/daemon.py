@@ -15,7 +15,7 @@ import structlog
 from bansink.actions.backend import BanBackend
 from bansink.engine.addresses import NetworkSet, parse_address
 from bansink.engine.jail import JailSettings
-from bansink.engine.pipeline import Protections, SecurityPipeline
+from bansink.engine.pipeline import JailSpec, Protections, SecurityPipeline
 from bansink.receiver.descriptors import descriptor_budget, descriptors_in_use
 from bansink.receiver.intake import Admit, Intake
 from bansink.receiver.relp_listener import RelpListener
@@ -53,7 +53,8 @@ def sender_admission(senders: NetworkSet) -> Admit:
 
 
 def build_pipeline(config: Config) -> SecurityPipeline:
-    senders = NetworkSet(config.receiver.senders)
+    """The configured jails and the sources feeding them. Today's config has one jail
+    (`[jail]`), "roundcube", fed by the roundcube-security_log plugin's events."""
     jail = JailSettings(
         name="roundcube",
         maxretry=config.jail.maxretry,
@@ -64,9 +65,9 @@ def build_pipeline(config: Config) -> SecurityPipeline:
     protections = Protections(
         trusted_proxies=NetworkSet(config.engine.trusted_proxies),
         ignoreip=NetworkSet(config.engine.ignoreip),
-        senders=senders,
+        senders=NetworkSet(config.receiver.senders),
     )
-    return SecurityPipeline(jail, protections)
+    return SecurityPipeline([JailSpec(jail, ("roundcube-security_log",))], protections)
 
 
 Listener = UdpListener | StreamListener
@@ -229,8 +230,8 @@ class Daemon:
         return {
             **(hub.counters() if hub is not None else {}),
             "outcomes": dict(self.pipeline.counts),
-            "tracked": self.pipeline.jail.tracked,
-            "evicted": self.pipeline.jail.evicted,
+            "tracked": self.pipeline.tracked,
+            "evicted": self.pipeline.evicted,
             "relp_resend_memory": self.guard.remembered,
             **self.enforcer.counters(),
             **(self.journal.counters() if self.journal is not None else {}),

@@ -1,4 +1,4 @@
-"""Ban decisions to the backend: batched commits, and the running bans kept until they end."""
+"""Bans to the backend: batched commits, and the running bans kept until they end."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import asyncio
 import dataclasses
 import time
 from datetime import UTC, datetime
+from ipaddress import IPv4Address, IPv6Address
 
 import structlog
 
 from bansink.actions.backend import BanBackend, CommitResult
-from bansink.engine.addresses import IPAddress
-from bansink.engine.jail import BanDecision
+from bansink.engine.decisions import Ban, Target
 
 from .batching import TickBatcher
 from .logs import Throttle
@@ -20,7 +20,7 @@ log = structlog.get_logger("bansink")
 
 
 class Enforcer:
-    """Batches ban decisions and commits them to the backend, one transaction per tick.
+    """Batches bans and commits them to the backend, one transaction per tick.
 
     It remembers the bans it enforced until they end, so that a table flushed or deleted behind
     bansink's back (`nft flush ruleset`, a firewall reload) is rebuilt with every running ban
@@ -30,15 +30,15 @@ class Enforcer:
 
     def __init__(self, backend: BanBackend, interval: float) -> None:
         self.backend = backend
-        self._batcher: TickBatcher[BanDecision, CommitResult] = TickBatcher(
+        self._batcher: TickBatcher[Ban, CommitResult] = TickBatcher(
             interval, self._commit, self._report, "nft")
         self.bans = 0
         self.errors = 0
         self.rebuilds = 0
-        self._running: dict[IPAddress, tuple[float, BanDecision]] = {}
-        """address -> (monotonic end, decision) of every ban enforced and not yet over"""
-        self._restoring: set[IPAddress] = set()
-        self._retry: dict[IPAddress, BanDecision] = {}
+        self._running: dict[Target, tuple[float, Ban]] = {}
+        """target -> (monotonic end, ban) of every ban enforced and not yet over"""
+        self._restoring: set[Target] = set()
+        self._retry: dict[Target, Ban] = {}
         """bans a failed commit left out: tried again at the next verify"""
         self._restore_again = False
         self.throttle = Throttle(60.0)
@@ -46,49 +46,61 @@ class Enforcer:
     async def setup(self) -> None:
         await self._batcher.run_blocking(self.backend.setup)
 
-    def ban(self, decision: BanDecision) -> None:
-        self._batcher.put(decision)
+    def ban(self, ban: Ban) -> None:
+        self._batcher.put(ban)
 
-    def _commit(self, batch: list[BanDecision]) -> CommitResult:
-        for decision in batch:
-            self.backend.add(decision)
+    def _commit(self, batch: list[Ban]) -> CommitResult:
+        for ban in batch:
+            self.backend.add(ban)
         return self.backend.commit()
 
-    def _report(self, batch: list[BanDecision], result: CommitResult | Exception) -> None:
+    def _report(self, batch: list[Ban], result: CommitResult | Exception) -> None:
         now, wall = asyncio.get_running_loop().time(), time.time()
         if isinstance(result, CommitResult) and result.rebuilt:
             self._rebuild("the table was missing when bans were committed")
-        failed: tuple[BanDecision, ...] = ()
+        failed: tuple[Ban, ...] = ()
         if isinstance(result, Exception) or result.error is not None:
             failed = tuple(batch) if isinstance(result, Exception) else result.bans
-            self._failed(failed, result.error if isinstance(result, CommitResult) else
+            refused = result.refused if isinstance(result, CommitResult) else ()
+            self._failed(failed, refused, result.error if isinstance(result, CommitResult) else
                          repr(result), now)
-        lost = {b.ip for b in failed}
+        lost = {b.target for b in failed}
         for b in batch:
-            if b.ip in lost:
+            target = b.target
+            if target in lost:
                 continue
-            self._running[b.ip] = (b.decided_at + b.bantime, b)
-            if b.ip in self._restoring:
-                self._restoring.discard(b.ip)
+            self._running[target] = (b.decided_at + b.bantime, b)
+            if target in self._restoring:
+                self._restoring.discard(target)
                 continue
             self.bans += 1
             until = datetime.fromtimestamp(wall + b.bantime, UTC).isoformat(timespec="seconds")
-            log.info("ban", ip=str(b.ip), jail=b.jail, count=b.failures, bantime=b.bantime,
-                     until=until, latency_ms=round((now - b.decided_at) * 1000, 1))
+            # `ip` for an address, as operators' searches and the tests read it; `target` always
+            address = {"ip": str(target)} if isinstance(target, IPv4Address | IPv6Address) else {}
+            log.info("ban", **address, target=str(target), origin=b.origin.value, jail=b.jail,
+                     count=b.failures, bantime=b.bantime, until=until,
+                     latency_ms=round((now - b.decided_at) * 1000, 1))
 
-    def _failed(self, failed: tuple[BanDecision, ...], error: str | None, now: float) -> None:
-        """Bans that did not take effect are tried again at the next verify, not dropped."""
+    def _failed(self, failed: tuple[Ban, ...], refused: tuple[Target, ...], error: str | None,
+                now: float) -> None:
+        """Bans that did not take effect are tried again at the next verify, not dropped;
+        except those the backend can never apply (`refused`), which are dropped."""
         self.errors += 1
+        never = set(refused)
         for b in failed:
-            if b.ip in self._restoring:  # a running ban being put back: put them all back
-                self._restoring.discard(b.ip)
+            if b.target in never:
+                self._restoring.discard(b.target)
+            elif b.target in self._restoring:  # a running ban being put back: put all back
+                self._restoring.discard(b.target)
                 self._restore_again = True
             else:
-                self._retry[b.ip] = b
+                self._retry[b.target] = b
         held = self.throttle.allow(("ban_failed",), now)
         if held is not None:
-            log.error("ban_failed", bans=len(failed), ips=[str(b.ip) for b in failed[:20]],
-                      error=error, suppressed=held, hint="retried every second")
+            log.error("ban_failed", bans=len(failed),
+                      targets=[str(b.target) for b in failed[:20]], error=error,
+                      suppressed=held, hint="retried every second, except what the backend "
+                                            "refused (it cannot apply those)")
 
     async def verify(self) -> None:
         """Check the backend's table is whole; if it was rebuilt, put the running bans back;
@@ -113,18 +125,18 @@ class Enforcer:
     def _rebuild(self, problem: str | None) -> None:
         now = asyncio.get_running_loop().time()
         self.forget_ended(now)
-        for ip, (end, decision) in self._running.items():
-            self._restoring.add(ip)
-            self.ban(dataclasses.replace(decision, bantime=end - now, decided_at=now))
+        for target, (end, ban) in self._running.items():
+            self._restoring.add(target)
+            self.ban(dataclasses.replace(ban, bantime=end - now, decided_at=now))
         if problem is not None:
             self.rebuilds += 1
             log.error("nft_table_rebuilt", problem=problem, bans_restored=len(self._running))
 
     def forget_ended(self, now: float) -> None:
         """Drop bans that are over (at least 1 s left is needed for a new element)."""
-        ended = [ip for ip, (end, _) in self._running.items() if end - now < 1]
-        for ip in ended:
-            del self._running[ip]
+        ended = [target for target, (end, _) in self._running.items() if end - now < 1]
+        for target in ended:
+            del self._running[target]
 
     def counters(self) -> dict[str, object]:
         return {"bans": self.bans, "bans_running": len(self._running), "ban_errors": self.errors,

@@ -110,7 +110,8 @@ class Hub:
         elif done is not None:
             done()
         if isinstance(outcome, Banned):
-            self.enforcer.ban(outcome.decision)
+            for ban in outcome.bans:
+                self.enforcer.ban(ban)
 
     def on_drop(self, dropped: Dropped) -> None:
         self.drops[dropped.reason] += 1

@@ -12,7 +12,7 @@ from itertools import islice
 
 import structlog
 
-from bansink.engine.jail import BanDecision
+from bansink.engine.decisions import Ban
 from bansink.engine.pipeline import Banned
 from bansink.receiver.syslog import parse_syslog
 
@@ -27,7 +27,7 @@ CHUNK = 10_000
 
 
 def replay(rows: list[JournalRow], hub: Hub, tails: defaultdict[str, deque[bytes]],
-           mono_now: float, wall_now: float, counts_since: float) -> list[BanDecision]:
+           mono_now: float, wall_now: float, counts_since: float) -> list[Ban]:
     """Judge stored messages again at the times they were received (those since
     `counts_since`); collect into `tails` each RELP sender's last digests (its next session may
     resend them); return the bans still running, shortened by the time already passed."""
@@ -40,10 +40,10 @@ def replay(rows: list[JournalRow], hub: Hub, tails: defaultdict[str, deque[bytes
         message = parse_syslog(row.raw, peer=row.peer, received_at=row.received_at)
         outcome = hub.judge(message, mono_now - (wall_now - row.received_at))
         if isinstance(outcome, Banned):
-            left = outcome.decision.bantime - (wall_now - row.received_at)
-            if left >= 1:
-                bans.append(dataclasses.replace(outcome.decision, bantime=left,
-                                                decided_at=mono_now))
+            for ban in outcome.bans:
+                left = ban.bantime - (wall_now - row.received_at)
+                if left >= 1:
+                    bans.append(dataclasses.replace(ban, bantime=left, decided_at=mono_now))
     return bans
 
 
@@ -73,5 +73,5 @@ async def replay_journal(writer: JournalWriter, hub: Hub, *, findtime: float,
     # every session broke when bansink stopped: the senders' next sessions may resend
     for sender, digests in tails.items():
         hub.guard.restore(sender, digests, loop.time() + relp_dedupe)
-    log.info("replayed", rows=count, bans=banned, tracked=hub.pipeline.jail.tracked,
+    log.info("replayed", rows=count, bans=banned, tracked=hub.pipeline.tracked,
              seconds=round(loop.time() - started, 3), **stats)

@@ -11,6 +11,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from .addresses import IPAddress
+from .decisions import Ban, Origin
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,18 +29,6 @@ class JailSettings:
             raise ValueError("findtime and bantime must be positive")
         if self.max_tracked < 1:
             raise ValueError("max_tracked must be at least 1")
-
-
-@dataclass(frozen=True, slots=True)
-class BanDecision:
-    ip: IPAddress
-    jail: str
-    failures: int
-    """Failures inside the window that triggered the ban."""
-    bantime: float
-    """Seconds the ban lasts."""
-    decided_at: float
-    """Monotonic time of the decision (the `now` it was made with)."""
 
 
 class Jail:
@@ -64,7 +53,7 @@ class Jail:
         horizon = now - self.settings.findtime
         return sum(1 for t in self._times(ip) if t > horizon)
 
-    def observe(self, ip: IPAddress, now: float) -> BanDecision | None:
+    def observe(self, ip: IPAddress, now: float) -> Ban | None:
         """Record one failure of `ip` at `now`; return a ban when it crosses `maxretry`."""
         s = self.settings
         failures = self._failures
@@ -84,7 +73,8 @@ class Jail:
             else:
                 times = (before, now) if before > horizon else (now,)
         if len(times) >= s.maxretry:
-            return BanDecision(ip, s.name, len(times), s.bantime, now)
+            return Ban(target=ip, origin=Origin.JAIL, jail=s.name, failures=len(times),
+                       bantime=s.bantime, decided_at=now)
         failures[ip] = times[0] if len(times) == 1 else times
         return None
 

@@ -1,21 +1,20 @@
-"""From a syslog message to an outcome: source -> client IP -> protections -> jail."""
+"""From a syslog message to an outcome: source -> client IP -> protections -> the jails it feeds."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from bansink.receiver.syslog import SyslogMessage
 
 from .addresses import IPAddress, NetworkSet
+from .decisions import Ban
 from .events import NOT_MATCHED, MalformedEvent, NotMatched, SecurityEvent
-from .jail import BanDecision, Jail, JailSettings
+from .jail import Jail, JailSettings
 from .proxies import resolve_client
-from .roundcube import roundcube_event
-
-Source = Callable[[SyslogMessage], SecurityEvent | NotMatched | MalformedEvent]
+from .sources import Source, registry
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +42,22 @@ class Protections:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class JailSpec:
+    """A jail and the sources (names in engine.sources.registry) that feed it."""
+
+    settings: JailSettings
+    sources: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ValueError(f"jail {self.settings.name}: name at least one source")
+
+
 # Outcomes are NamedTuples: one is built per message (see receiver.syslog.SyslogMessage).
 class Banned(NamedTuple):
-    decision: BanDecision
+    bans: tuple[Ban, ...]
+    """One per jail the event pushed over its `maxretry` (one jail today: one ban)."""
     event: SecurityEvent
 
 
@@ -64,15 +76,34 @@ Outcome = Banned | Counted | Ignored | NotMatched | MalformedEvent
 
 
 class SecurityPipeline:
+    """Jails fed by the sources they name. A message goes to the sources in the order the jails
+    first name them; the first that recognises it (an event, or a malformed one) decides, and
+    its event is counted in every jail that source feeds."""
+
     def __init__(
         self,
-        jail: JailSettings,
+        jails: Sequence[JailSpec],
         protections: Protections,
-        sources: Sequence[Source] = (roundcube_event,),
+        *,
+        sources: Mapping[str, Source] = registry,
     ) -> None:
-        self.jail = Jail(jail)
+        if not jails:
+            raise ValueError("a pipeline needs at least one jail")
+        names = [spec.settings.name for spec in jails]
+        if len(set(names)) != len(names):
+            raise ValueError(f"jail names must be unique: {names}")
+        self.jails = tuple(Jail(spec.settings) for spec in jails)
+        fed: dict[str, list[Jail]] = {}
+        for spec, jail in zip(jails, self.jails, strict=True):
+            for name in spec.sources:
+                if name not in sources:
+                    raise ValueError(f"jail {spec.settings.name}: unknown source {name!r} "
+                                     f"(known: {', '.join(sorted(sources))})")
+                if jail not in fed.setdefault(name, []):
+                    fed[name].append(jail)
+        self._routes: tuple[tuple[Source, tuple[Jail, ...]], ...] = tuple(
+            (sources[name], tuple(feeds)) for name, feeds in fed.items())
         self.protections = protections
-        self.sources = tuple(sources)
         self.counts: Counter[str] = Counter()
 
     def handle(self, message: SyslogMessage, now: float) -> Outcome:
@@ -81,26 +112,40 @@ class SecurityPipeline:
         return outcome
 
     def _handle(self, message: SyslogMessage, now: float) -> Outcome:
-        result: SecurityEvent | NotMatched | MalformedEvent = NOT_MATCHED
-        for source in self.sources:
+        for source, jails in self._routes:
             result = source(message)
-            if not isinstance(result, NotMatched):
-                break
-        if not isinstance(result, SecurityEvent):
-            return result
-        ip = resolve_client(result.client_chain, self.protections.trusted_proxies)
-        if ip is None:
-            return Ignored("unresolvable", result)
-        reason = self.protections.reason(ip)
-        if reason is not None:
-            return Ignored(reason, result)
-        decision = self.jail.observe(ip, now)
-        if decision is None:
-            return Counted(ip, result)
-        return Banned(decision, result)
+            if isinstance(result, NotMatched):
+                continue
+            if not isinstance(result, SecurityEvent):
+                return result
+            ip = resolve_client(result.client_chain, self.protections.trusted_proxies)
+            if ip is None:
+                return Ignored("unresolvable", result)
+            reason = self.protections.reason(ip)
+            if reason is not None:
+                return Ignored(reason, result)
+            bans: tuple[Ban, ...] = ()
+            for jail in jails:
+                ban = jail.observe(ip, now)
+                if ban is not None:
+                    bans = (*bans, ban)
+            if not bans:
+                return Counted(ip, result)
+            return Banned(bans, result)
+        return NOT_MATCHED
+
+    @property
+    def tracked(self) -> int:
+        """Addresses with failures inside a window, summed over the jails."""
+        return sum(jail.tracked for jail in self.jails)
+
+    @property
+    def evicted(self) -> int:
+        return sum(jail.evicted for jail in self.jails)
 
     def expire(self, now: float) -> int:
-        return self.jail.expire(now)
+        return sum(jail.expire(now) for jail in self.jails)
 
     def next_deadline(self) -> float | None:
-        return self.jail.next_deadline()
+        deadlines = [d for d in (jail.next_deadline() for jail in self.jails) if d is not None]
+        return min(deadlines, default=None)

@@ -1,10 +1,12 @@
 import asyncio
-from ipaddress import ip_address
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+
+from structlog.testing import capture_logs
 
 from bansink.actions.backend import CommitResult
 from bansink.actions.dryrun import DryRunBackend
 from bansink.enforcer import Enforcer
-from bansink.engine.jail import BanDecision
+from bansink.engine.decisions import Ban, Origin
 
 
 class CountingBackend(DryRunBackend):
@@ -24,7 +26,7 @@ def test_bans_decided_in_one_tick_go_out_in_one_commit():
     async def scenario():
         enforcer = Enforcer(backend, interval=0.05)
         for i in range(50):
-            enforcer.ban(BanDecision(ip_address(f"203.0.113.{i}"), "roundcube", 6, 60, 0.0))
+            enforcer.ban(decision(f"203.0.113.{i}", 60, 0.0))
         await enforcer.close()
         return enforcer.bans
 
@@ -46,7 +48,7 @@ class FlakyBackend(DryRunBackend):
         if self.fail_next:
             self.fail_next -= 1
             return CommitResult(result.bans, error="netlink: No buffer space available")
-        self.applied += [(str(b.ip), b.bantime) for b in result.bans]
+        self.applied += [(str(b.target), b.bantime) for b in result.bans]
         return result
 
     def verify(self) -> str | None:
@@ -54,8 +56,10 @@ class FlakyBackend(DryRunBackend):
         return missing
 
 
-def decision(ip: str, bantime: float, at: float) -> BanDecision:
-    return BanDecision(ip_address(ip), "roundcube", 6, bantime, at)
+def decision(ip: str, bantime: float, at: float) -> Ban:
+    target = ip_network(ip) if "/" in ip else ip_address(ip)
+    return Ban(target=target, origin=Origin.JAIL, jail="roundcube", failures=6, bantime=bantime,
+               decided_at=at)
 
 
 async def until(condition, timeout: float = 5.0) -> None:
@@ -91,3 +95,60 @@ def test_bans_a_failed_commit_left_out_are_tried_again_and_running_ones_restored
     [(ip, left)] = backend.applied  # only the running ban is put back, with its time left
     assert ip == "203.0.113.1" and 598 < left < 600
     assert enforcer.bans == 2 and enforcer.rebuilds == 1  # restored, not counted again
+
+
+class AddressesOnly(FlakyBackend):
+    """Refuses networks the way NftablesSet does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tried: list[str] = []
+
+    def commit(self) -> CommitResult:
+        result = DryRunBackend.commit(self)
+        self.tried += [str(b.target) for b in result.bans]
+        nets = tuple(b for b in result.bans if isinstance(b.target, IPv4Network | IPv6Network))
+        if not nets:
+            return result
+        return CommitResult(nets, error=f"refused {nets[0].target}",
+                            refused=tuple(b.target for b in nets))
+
+
+def test_the_ban_line_names_target_and_origin_and_keeps_ip_for_an_address():
+    backend = AddressesOnly()
+
+    async def scenario():
+        enforcer = Enforcer(backend, interval=0.01)
+        now = asyncio.get_running_loop().time()
+        with capture_logs() as logs:
+            enforcer.ban(decision("203.0.113.7", 600, now))
+            enforcer.ban(decision("2001:db8:1::/64", 600, now))
+            await until(lambda: enforcer.errors == 1 and enforcer.bans == 1)
+            await enforcer.verify()
+            await enforcer.verify()
+            await asyncio.sleep(0.05)
+        await enforcer.close()
+        return enforcer, logs
+
+    enforcer, logs = asyncio.run(scenario())
+    [ban] = [e for e in logs if e["event"] == "ban"]
+    assert (ban["ip"], ban["target"], ban["origin"], ban["jail"], ban["count"]) == (
+        "203.0.113.7", "203.0.113.7", "jail", "roundcube", 6)
+    [failed] = [e for e in logs if e["event"] == "ban_failed"]
+    assert failed["targets"] == ["2001:db8:1::/64"] and "2001:db8:1::/64" in failed["error"]
+    # a network the backend refused is not tried again at every verify, nor counted as running
+    assert backend.tried == ["203.0.113.7", "2001:db8:1::/64"]
+    assert enforcer.counters()["bans_running"] == 1
+
+
+def test_a_network_ban_a_backend_applies_is_logged_by_target_alone():
+    async def scenario():
+        enforcer = Enforcer(DryRunBackend(), interval=0.01)
+        with capture_logs() as logs:
+            enforcer.ban(decision("198.51.100.0/24", 600, asyncio.get_running_loop().time()))
+            await until(lambda: enforcer.bans == 1)
+        await enforcer.close()
+        return logs
+
+    [ban] = [e for e in asyncio.run(scenario()) if e["event"] == "ban"]
+    assert "ip" not in ban and (ban["target"], ban["origin"]) == ("198.51.100.0/24", "jail")

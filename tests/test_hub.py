@@ -29,8 +29,8 @@ class Enforcer:
     def __init__(self) -> None:
         self.bans: list = []
 
-    def ban(self, decision) -> None:
-        self.bans.append(decision)
+    def ban(self, ban) -> None:
+        self.bans.append(ban)
 
 
 def run(scenario):
@@ -84,7 +84,7 @@ def test_a_udp_message_that_counts_is_journaled_without_an_answer_and_bans_go_on
     _, journal, enforcer, _ = run(scenario)
     assert [(row.transport, done, row.digest) for row, done, _ in journal.puts] == [
         ("udp", None, b""), ("udp", None, b"")]
-    assert [str(d.ip) for d in enforcer.bans] == ["203.0.113.8"]
+    assert [str(b.target) for b in enforcer.bans] == ["203.0.113.8"]
 
 
 def test_a_resend_is_answered_behind_a_barrier_and_never_judged_again():
@@ -116,7 +116,7 @@ def test_a_row_a_failed_write_lost_makes_its_resend_count():
 
     _, journal, enforcer, _ = run(scenario)
     assert all(row is not None for row, _, _ in journal.puts) and len(journal.puts) == 2
-    assert [str(d.ip) for d in enforcer.bans] == ["203.0.113.10"]
+    assert [str(b.target) for b in enforcer.bans] == ["203.0.113.10"]
 
 
 def test_drops_are_counted_by_reason():

@@ -10,7 +10,7 @@ ROOT = Path(__file__).parent.parent
 IO_MODULES = {"asyncio", "socket", "structlog", "nftables", "asyncio_dgram", "ssl", "sqlite3",
               "time", "subprocess"}
 CORES = ["receiver/syslog.py", "receiver/framing.py", "receiver/intake.py",
-         *(str(p.relative_to(ROOT)) for p in (ROOT / "engine").glob("*.py"))]
+         *(str(p.relative_to(ROOT)) for p in sorted((ROOT / "engine").rglob("*.py")))]
 
 
 # pure functions a core may take from an I/O module

@@ -2,19 +2,21 @@
 
 import os
 import time
-from ipaddress import ip_address
+from ipaddress import ip_address, ip_network
 
 import pytest
 
 from bansink.actions.backend import BackendUnavailable
 from bansink.actions.nftables import NftablesSet, load_libnftables
-from bansink.engine.jail import BanDecision
+from bansink.engine.decisions import Ban, Origin
 
 from support import Netns, namespaces, wait_until
 
 
-def ban(ip: str, bantime: float = 600) -> BanDecision:
-    return BanDecision(ip_address(ip), "roundcube", 6, bantime, 0.0)
+def ban(ip: str, bantime: float = 600) -> Ban:
+    target = ip_network(ip) if "/" in ip else ip_address(ip)
+    return Ban(target=target, origin=Origin.JAIL, jail="roundcube", failures=6, bantime=bantime,
+               decided_at=0.0)
 
 
 @pytest.fixture
@@ -198,3 +200,60 @@ def test_a_large_batch_goes_out_in_bounded_transactions(ns: Netns):
     # a netlink dump of a big set taken while the machine is busy can come back short; a
     # missing element would stay missing, so listing again until complete still proves it
     wait_until(lambda: len(ns.set_elements(name="ban6")) == 25_000, 10, "all 25,000 elements")
+
+
+def test_a_deleted_ban_leaves_the_set_and_the_others_stay(ns: Netns):
+    backend = setup(ns)
+    for ip in ("203.0.113.7", "203.0.113.8", "2001:db8::7", "2001:db8::8"):
+        backend.add(ban(ip))
+    assert ns.in_namespace(backend.commit).ok
+    backend.delete(ip_address("203.0.113.7"))
+    backend.delete(ip_address("2001:db8::8"))
+    backend.add(ban("203.0.113.9"))  # deletions and bans in one transaction
+    result = ns.in_namespace(backend.commit)
+    assert result.ok and [str(b.target) for b in result.bans] == ["203.0.113.9"]
+    assert [str(t) for t in result.deletes] == ["203.0.113.7", "2001:db8::8"]
+    assert set(ns.set_elements()) == {"203.0.113.8", "203.0.113.9"}
+    assert set(ns.set_elements(name="ban6")) == {"2001:db8::7"}
+    assert ns.set_elements()["203.0.113.8"]["timeout"] == 600  # untouched
+
+
+def test_deleting_an_address_that_is_not_banned_commits_fine(ns: Netns):
+    backend = setup(ns)
+    backend.add(ban("203.0.113.8"))
+    backend.delete(ip_address("203.0.113.7"))  # never banned
+    backend.delete(ip_address("2001:db8::7"))  # in a set that is empty
+    assert ns.in_namespace(backend.commit).ok
+    assert set(ns.set_elements()) == {"203.0.113.8"}
+    backend.delete(ip_address("203.0.113.8"))
+    backend.delete(ip_address("203.0.113.8"))
+    assert ns.in_namespace(backend.commit).ok
+    backend.delete(ip_address("203.0.113.8"))  # gone already
+    assert ns.in_namespace(backend.commit).ok
+    assert ns.set_elements() == {}
+
+
+def test_of_a_ban_and_a_delete_of_one_address_in_one_commit_the_later_wins(ns: Netns):
+    backend = setup(ns)
+    backend.add(ban("203.0.113.7"))
+    backend.delete(ip_address("203.0.113.7"))
+    backend.delete(ip_address("203.0.113.8"))
+    backend.add(ban("203.0.113.8", 300))
+    assert ns.in_namespace(backend.commit).ok
+    assert {ip: e["timeout"] for ip, e in ns.set_elements().items()} == {"203.0.113.8": 300}
+
+
+def test_a_network_target_is_refused_by_name_and_the_addresses_still_go_in(ns: Netns):
+    backend = setup(ns)
+    backend.add(ban("203.0.113.7"))
+    backend.add(ban("2001:db8:1::/64"))
+    backend.delete(ip_network("198.51.100.0/24"))
+    result = ns.in_namespace(backend.commit)
+    assert not result.ok
+    assert "2001:db8:1::/64" in result.error and "198.51.100.0/24" in result.error
+    assert "network" in result.error
+    assert [str(b.target) for b in result.bans] == ["2001:db8:1::/64"]  # what did not go in
+    assert [str(t) for t in result.deletes] == ["198.51.100.0/24"]
+    assert {str(t) for t in result.refused} == {"2001:db8:1::/64", "198.51.100.0/24"}
+    assert set(ns.set_elements()) == {"203.0.113.7"}  # the address went in, nothing else
+    assert ns.set_elements(name="ban6") == {}

@@ -2,6 +2,7 @@ from ipaddress import ip_address
 
 import pytest
 
+from bansink.engine.decisions import Origin
 from bansink.engine.jail import Jail, JailSettings
 
 A, B = ip_address("203.0.113.7"), ip_address("2001:db8::7")
@@ -17,8 +18,8 @@ def test_maxretry_failures_within_findtime_ban():
     assert j.observe(A, 10.0) is None
     ban = j.observe(A, 59.0)
     assert ban is not None
-    assert (ban.ip, ban.jail, ban.failures, ban.bantime, ban.decided_at) == (A, "roundcube", 3,
-                                                                               120, 59.0)
+    assert (ban.target, ban.origin, ban.jail, ban.failures, ban.bantime, ban.decided_at) == (
+        A, Origin.JAIL, "roundcube", 3, 120, 59.0)
 
 
 def test_failures_older_than_findtime_do_not_count():
@@ -35,7 +36,7 @@ def test_addresses_are_counted_separately():
     for t in range(2):
         assert j.observe(A, t) is None
         assert j.observe(B, t) is None
-    assert j.observe(B, 2).ip == B
+    assert j.observe(B, 2).target == B
 
 
 def test_a_ban_resets_the_count():

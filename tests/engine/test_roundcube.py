@@ -1,7 +1,7 @@
 import pytest
 
 from bansink.engine.events import MalformedEvent, NotMatched, SecurityEvent
-from bansink.engine.roundcube import parse_pairs, roundcube_event
+from bansink.engine.sources.roundcube import parse_pairs, roundcube_event
 from bansink.receiver.syslog import SyslogMessage
 
 

@@ -13,7 +13,7 @@ from ipaddress import ip_address
 from bansink.engine.addresses import NetworkSet
 from bansink.engine.events import MalformedEvent
 from bansink.engine.jail import JailSettings
-from bansink.engine.pipeline import Banned, Ignored, Protections, SecurityPipeline
+from bansink.engine.pipeline import Banned, Ignored, JailSpec, Protections, SecurityPipeline
 from bansink.receiver.syslog import SyslogMessage, parse_syslog
 
 CLIENT = "203.0.113.7"
@@ -59,7 +59,8 @@ def syslog_bytes(rng: random.Random, body: str) -> bytes:
 
 def pipeline() -> SecurityPipeline:
     return SecurityPipeline(
-        JailSettings(name="roundcube", maxretry=1, findtime=600, bantime=3600),
+        [JailSpec(JailSettings(name="roundcube", maxretry=1, findtime=600, bantime=3600),
+                  ("roundcube-security_log",))],
         Protections(trusted_proxies=NetworkSet([]), ignoreip=NetworkSet([]),
                     senders=NetworkSet(["192.0.2.0/24"])),
     )
@@ -85,7 +86,7 @@ def test_lines_the_plugin_writes_ban_exactly_the_client_ip(fuzz_iterations):
         raw = syslog_bytes(rng, body)
         outcome = outcome_of(raw)
         assert isinstance(outcome, Banned), (raw, outcome)
-        assert outcome.decision.ip == ip_address(CLIENT), raw
+        assert [b.target for b in outcome.bans] == [ip_address(CLIENT)], raw
 
 
 def test_forged_quotes_ban_the_client_ip_or_nobody(fuzz_iterations):
@@ -98,7 +99,7 @@ def test_forged_quotes_ban_the_client_ip_or_nobody(fuzz_iterations):
             quoted_ip=rng.random() < 0.5)
         raw = syslog_bytes(rng, body)
         outcome = outcome_of(raw)
-        if isinstance(outcome, Banned) and outcome.decision.ip != ip_address(CLIENT):
+        if isinstance(outcome, Banned) and outcome.bans[0].target != ip_address(CLIENT):
             banned_elsewhere.append(raw)
         else:
             assert isinstance(outcome, Banned | MalformedEvent | Ignored), (raw, outcome)

@@ -32,7 +32,7 @@ import re
 
 from bansink.receiver.syslog import SyslogMessage
 
-from .events import NOT_MATCHED, EventKind, MalformedEvent, NotMatched, SecurityEvent
+from ..events import NOT_MATCHED, EventKind, MalformedEvent, NotMatched, SecurityEvent
 
 SERVICE = "roundcube"
 _SYSLOG_PREFIX = "Login failed: "
