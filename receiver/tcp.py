@@ -254,13 +254,22 @@ class AdmittedStream(asyncio.Protocol):
             asyncio.get_running_loop().call_soon(self._next_pass)
         elif self._backlog:
             self._backlog = False
-            self.resume("backlog")
-            if self._eof:
+            if self._eof:  # everything read before the EOF is handled
+                self.pauses.discard("backlog")
                 self.close()
+            else:
+                self.resume("backlog")
 
     def _next_pass(self) -> None:
-        if self._backlog:  # (not when the connection was lost meanwhile)
+        if not self._backlog:  # the connection was lost meanwhile (and its frames handled)
+            return
+        try:
             self._handle()
+        except BaseException:  # as a failing data_received does: the connection ends
+            self._backlog = False
+            if self.transport is not None:
+                self.transport.abort()
+            raise
 
     # -- reading is paused while replies pile up ---------------------------------------------
 

@@ -228,6 +228,7 @@ class FakeTransport:
     def __init__(self) -> None:
         self.reading = True
         self.closing = False
+        self.aborted = False
         self.written = b""
 
     def get_extra_info(self, name: str) -> Any:
@@ -247,6 +248,9 @@ class FakeTransport:
 
     def close(self) -> None:
         self.closing = True
+
+    def abort(self) -> None:
+        self.closing = self.aborted = True
 
     def write(self, data: bytes) -> None:
         self.written += data
@@ -325,3 +329,26 @@ def test_a_stopping_listener_leaves_the_backlog_unhandled():
         return intake
 
     assert len(asyncio.run(scenario()).messages) == FRAME_BUDGET
+
+
+def test_an_intake_that_fails_in_a_later_pass_ends_the_connection():
+    class Failing(Intake):
+        def on_message(self, message, transport: str) -> None:
+            if len(self.messages) == FRAME_BUDGET + 10:
+                raise RuntimeError("intake bug")
+            super().on_message(message, transport)
+
+    async def scenario() -> tuple[FakeTransport, list[dict]]:
+        errors: list[dict] = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx))
+        lst = TcpListener("127.0.0.1", 0, intake=Failing(), **settings())
+        stream = lst.stream(lst)
+        transport = FakeTransport()
+        stream.connection_made(transport)
+        stream.data_received(lf_frames(1000))
+        await settle(lambda: transport.closing)
+        return transport, errors
+
+    transport, errors = asyncio.run(scenario())
+    assert transport.aborted
+    assert [type(e.get("exception")) for e in errors] == [RuntimeError]
