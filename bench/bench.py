@@ -12,6 +12,16 @@ made inside the namespace. Phases:
           RSS with that many tracked addresses
   latency --bans triggering messages, one at a time: time from send to the element appearing
           in the kernel set (seen through `nft monitor`), p50/p99
+  burst   --burst-count octet-counted frames in one burst on one connection, distinct IPv6
+          filler with --burst-attackers attackers' lines spread through it: for each attacker,
+          the time from its last line handed to the socket to its element in the kernel set
+          (time-to-ban: first attacker, min, p50, p95, max), and the daemon's own decision ->
+          commit latency_ms. The sender writes faster than bansink reads: time-to-ban includes
+          the wait in the socket buffers, which grows along the burst
+  relp    rsyslog (imfile -> omrelp) into bansink, a pipelining client into bansink, the same
+          rsyslog sender into rsyslog's own imrelp -> file (its lines counted as they are
+          written, reading only what is new every 20 ms), and a restart replaying a journal
+The journal is on (the default) unless --no-journal (udp, tcp, latency, burst; not relp).
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import argparse
 import ctypes
 import ipaddress
 import json
+import math
 import os
 import signal
 import socket
@@ -28,8 +39,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 BIN = Path(sys.executable).parent
 PORT = 5514
@@ -37,6 +50,7 @@ LINE = ('<38>Aug 22 10:00:00 webmail roundcube: Login failed: client_ip="{ip}", 
         'host="imap.example", user="bench", code=0')
 
 
+T = TypeVar("T")
 NEVER = 1000  # jail.maxretry's upper bound: no client sends that often here, so nothing bans
 
 
@@ -62,10 +76,17 @@ class Bench:
     def socket(self, kind: int) -> socket.socket:
         return self.inside.submit(socket.socket, socket.AF_INET, kind).result()
 
-    def start(self, maxretry: int, journal: Path | None = None) -> None:
-        """A daemon with a fresh journal (or the one given, e.g. to time its replay)."""
+    no_journal = False
+    """--no-journal: the udp, tcp, latency and burst phases run without the journal."""
+
+    def start(self, maxretry: int, journal: Path | None = None, *,
+              durable: bool = False) -> None:
+        """A daemon with a fresh journal (or the one given, e.g. to time its replay); none with
+        --no-journal unless `durable` (RELP's figures are with durability)."""
         self.starts = getattr(self, "starts", 0) + 1
-        journal = journal or self.tmp / f"journal-{self.starts}.db"
+        path: Path | str = journal or self.tmp / f"journal-{self.starts}.db"
+        if self.no_journal and not durable:
+            path = ""
         config = self.tmp / "bench.toml"
         config.write_text(f"""
 [receiver]
@@ -74,7 +95,7 @@ tcp = ["127.0.0.1:{PORT}"]
 relp = ["127.0.0.1:20514"]
 udp_receive_buffer = 33554432
 [journal]
-path = "{journal}"
+path = "{path}"
 [jail]
 maxretry = {maxretry}
 findtime = "1h"
@@ -85,12 +106,12 @@ max_tracked = 1000000
 format = "json"
 """)
         self.log = self.tmp / f"bansink-{maxretry}.log"
-        self.proc = subprocess.Popen(
+        self.proc = proc = subprocess.Popen(
             ["ip", "netns", "exec", self.ns, str(BIN / "bansink"), "run", "--config", str(config)],
             stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
         # replay of a full store included; a daemon that exits (a refused config) fails at once
-        self.wait(lambda: self.events("started") or self.proc.poll() is not None, 300)
-        if self.proc.poll() is not None:
+        self.wait(lambda: self.events("started") or proc.poll() is not None, 300)
+        if proc.poll() is not None:
             raise SystemExit(f"bench: bansink exited: {self.log.read_text()[-2000:]}")
 
     def stop(self) -> None:
@@ -116,7 +137,7 @@ format = "json"
         return out
 
     @staticmethod
-    def wait(cond, timeout: float):
+    def wait(cond: Callable[[], T], timeout: float) -> T:
         deadline = time.monotonic() + timeout
         while not (value := cond()):
             if time.monotonic() > deadline:
@@ -156,7 +177,7 @@ def udp_phase(b: Bench, count: int, rate: int) -> dict:
     sock = b.socket(socket.SOCK_DGRAM)
     sock.connect(("127.0.0.1", PORT))
     messages = [LINE.format(ip=client_ip(i)).encode() for i in range(count)]
-    result = {}
+    result: dict[str, Any] = {}
     for label, pace in (("paced", rate), ("burst", None)):
         base = b.received()
         t0 = time.perf_counter()
@@ -205,30 +226,53 @@ def tcp_phase(b: Bench, count: int) -> dict:
     return {"messages": count, "seconds": round(elapsed, 2), "msg_per_s": round(count / elapsed),
             "tracked": stats["tracked"], "rss_idle_mib": round(rss_idle),
             "rss_mib": round(rss), "peak_rss_mib": round(hwm),
-            "journal_skipped_at_end": stats["journal_skipped"],
-            "journal_pending_at_end": stats["journal_pending"]}
+            "journal_skipped_at_end": stats.get("journal_skipped"),
+            "journal_pending_at_end": stats.get("journal_pending")}
+
+
+class SetMonitor:
+    """`nft monitor new elements` in the namespace: when each address entered a set
+    (perf_counter, taken when its line is read)."""
+
+    def __init__(self, b: Bench) -> None:
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", b.ns, "nft", "monitor", "new", "elements"],
+            stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.seen: dict[str, float] = {}
+        self.cond = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+        time.sleep(0.5)  # let nft monitor subscribe before the first ban (a start-up wait only)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if "timeout 1h" in line:
+                at = time.perf_counter()
+                with self.cond:
+                    for token in line.replace("{", " ").replace("}", " ").split():
+                        if token.startswith("2001:db8:"):
+                            self.seen.setdefault(token.rstrip(","), at)
+                    self.cond.notify_all()
+
+    def wait_for(self, ips: set[str], timeout: float) -> None:
+        with self.cond:
+            if not self.cond.wait_for(lambda: ips <= self.seen.keys(), timeout=timeout):
+                missing = sorted(ips - self.seen.keys())
+                raise TimeoutError(f"{len(missing)} bans not seen, e.g. {missing[:3]}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p * len(ordered)) - 1)]
 
 
 def latency_phase(b: Bench, bans: int) -> dict:
     b.start(maxretry=1)
-    monitor = subprocess.Popen(["ip", "netns", "exec", b.ns, "nft", "monitor", "new", "elements"],
-                               stdout=subprocess.PIPE, text=True, bufsize=1)
-    seen: dict[str, float] = {}
-    cond = threading.Condition()
-
-    def read() -> None:
-        assert monitor.stdout is not None
-        for line in monitor.stdout:
-            if "timeout 1h" in line:
-                at = time.perf_counter()
-                with cond:
-                    for token in line.replace("{", " ").replace("}", " ").split():
-                        if token.startswith("2001:db8:"):
-                            seen.setdefault(token, at)
-                    cond.notify_all()
-
-    threading.Thread(target=read, daemon=True).start()
-    time.sleep(0.5)  # let nft monitor subscribe before the first ban (a start-up wait only)
+    monitor = SetMonitor(b)
     sock = b.socket(socket.SOCK_DGRAM)
     sock.connect(("127.0.0.1", PORT))
     latencies = []
@@ -236,17 +280,65 @@ def latency_phase(b: Bench, bans: int) -> dict:
         ip = client_ip(0xFFFF0000 + i)
         t0 = time.perf_counter()
         sock.send(LINE.format(ip=ip).encode())
-        with cond:
-            if not cond.wait_for(lambda ip=ip: ip in seen, timeout=5):
-                raise TimeoutError(f"ban of {ip} not seen")
-        latencies.append((seen[ip] - t0) * 1000)
-    monitor.terminate()
-    monitor.wait()
+        monitor.wait_for({ip}, 5)
+        latencies.append((monitor.seen[ip] - t0) * 1000)
+    monitor.stop()
     b.stop()
     latencies.sort()
     return {"bans": bans, "p50_ms": round(latencies[len(latencies) // 2], 1),
             "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1], 1),
             "max_ms": round(latencies[-1], 1)}
+
+
+def burst_phase(b: Bench, count: int, attackers: int, maxretry: int = 3) -> dict:
+    """One burst on one connection, as a busy rsyslog forwards: distinct filler clients with the
+    attackers' lines spread through it. Time-to-ban: from the attacker's last line handed to
+    the socket (sendall of its chunk returned) to its element in the kernel set."""
+    b.start(maxretry=maxretry)
+    monitor = SetMonitor(b)
+    bad = [client_ip(0xFFF00000 + k) for k in range(attackers)]
+    ips = [client_ip(i) for i in range(count)]
+    last_line = {}
+    step = count // attackers
+    for k, ip in enumerate(bad):
+        for j in range(maxretry):
+            at = k * step + (j + 1) * step // (maxretry + 1)
+            ips[at] = ip
+        last_line[ip] = at
+    frames = []
+    for ip in ips:  # built before the clock starts: the sender must not be the bound
+        m = LINE.format(ip=ip).encode()
+        frames.append(b"%d %s" % (len(m), m))
+    per_chunk = 50  # ~5 KB: a line's write time is known to within one small sendall
+    chunks = [b"".join(frames[i : i + per_chunk]) for i in range(0, count, per_chunk)]
+    del frames
+    sock = b.socket(socket.SOCK_STREAM)
+    sock.connect(("127.0.0.1", PORT))
+    written = []
+    t0 = time.perf_counter()
+    for chunk in chunks:
+        sock.sendall(chunk)
+        written.append(time.perf_counter())
+    sent_s = time.perf_counter() - t0
+    sock.close()
+    monitor.wait_for(set(bad), 60)
+    b.wait(lambda: b.received() >= count, 120)
+    elapsed = time.perf_counter() - t0
+    monitor.stop()
+    commits = [e["latency_ms"] for e in b.events("ban")]
+    b.stop()
+    to_ban = [(monitor.seen[ip] - written[last_line[ip] // per_chunk]) * 1000 for ip in bad]
+    return {"messages": count, "attackers": attackers, "maxretry": maxretry,
+            "send_seconds": round(sent_s, 2), "msg_per_s": round(count / elapsed),
+            "time_to_ban_ms": {"first_attacker": round(to_ban[0], 1),
+                               "min": round(min(to_ban), 1),
+                               "p50": round(percentile(to_ban, 0.5), 1),
+                               "p95": round(percentile(to_ban, 0.95), 1),
+                               "max": round(max(to_ban), 1)},
+            "daemon_commit_latency_ms": {"bans": len(commits),
+                                         "p50": round(percentile(commits, 0.5), 1),
+                                         "p99": round(percentile(commits, 0.99), 1),
+                                         "max": round(max(commits), 1)}}
 
 
 def _rsyslog(b: Bench, name: str, body: str) -> subprocess.Popen:
@@ -302,7 +394,7 @@ def relp_phase(b: Bench, count: int, store_rows: int) -> dict:
     result: dict[str, object] = {"messages": count}
 
     # bansink: RELP with the journal on (a message is answered once its row is on disk)
-    b.start(maxretry=NEVER)
+    b.start(maxretry=NEVER, durable=True)
     t0 = time.perf_counter()
     sender = _sender(b, lines, 20514)
     b.wait(lambda: b.stats()["journal_rows"] >= count, 600)
@@ -317,7 +409,7 @@ def relp_phase(b: Bench, count: int, store_rows: int) -> dict:
 
     # bansink again, fed by a pipelining client in this process (window 1024): what bansink
     # itself takes, without rsyslog's sender as the bound
-    b.start(maxretry=NEVER)
+    b.start(maxretry=NEVER, durable=True)
     result["bansink_fast_client"] = relp_blast(b, count, window=1024)
     b.stop()
 
@@ -332,12 +424,18 @@ action(type="omfile" file="{out}")""")
     t0 = time.perf_counter()
     sender = _sender(b, lines, 20516)
 
+    lines_out = [0, 0]  # lines counted, bytes read: each poll reads only what is new
+
     def written() -> int:
         try:
             with out.open("rb") as f:
-                return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+                f.seek(lines_out[1])
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    lines_out[0] += chunk.count(b"\n")
+                    lines_out[1] += len(chunk)
         except FileNotFoundError:
-            return 0
+            pass
+        return lines_out[0]
 
     b.wait(lambda: written() >= count, 600)
     elapsed = time.perf_counter() - t0
@@ -348,7 +446,13 @@ action(type="omfile" file="{out}")""")
                                         "msg_per_s": round(count / elapsed)}
 
     # replay: a store filled to store_rows, then a restart
-    from bansink.journal import Journal, JournalRow
+    try:
+        from bansink.store.journal import Journal, JournalRow
+    except ImportError:  # before the store package
+        from bansink.journal import (  # type: ignore[no-redef, import-not-found]
+            Journal,
+            JournalRow,
+        )
     store_path = b.tmp / "store.db"
     journal = Journal(store_path, retention=86400, max_rows=store_rows)
     journal.open()
@@ -365,7 +469,7 @@ action(type="omfile" file="{out}")""")
         journal.append(batch)
     store = journal.stats()
     journal.close()
-    b.start(maxretry=NEVER, journal=store_path)
+    b.start(maxretry=NEVER, journal=store_path, durable=True)
     replayed = b.events("replayed")[-1]
     rss = b.rss_mib()
     b.stop()
@@ -378,20 +482,26 @@ action(type="omfile" file="{out}")""")
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--phases", default="udp,tcp,latency,relp")
+    p.add_argument("--phases", default="udp,tcp,latency,burst,relp")
     p.add_argument("--udp-count", type=int, default=200_000)
     p.add_argument("--udp-rate", type=int, default=50_000)
     p.add_argument("--tcp-count", type=int, default=1_000_000)
     p.add_argument("--bans", type=int, default=200)
+    p.add_argument("--burst-count", type=int, default=100_000)
+    p.add_argument("--burst-attackers", type=int, default=200)
     p.add_argument("--relp-count", type=int, default=200_000)
     p.add_argument("--store-rows", type=int, default=1_000_000)
+    p.add_argument("--no-journal", action="store_true",
+                   help="udp, tcp, latency and burst without the journal (relp keeps it)")
     args = p.parse_args()
     if args.quick:
         args.udp_count, args.tcp_count, args.bans = 50_000, 100_000, 50
+        args.burst_count, args.burst_attackers = 50_000, 100
         args.relp_count, args.store_rows = 50_000, 100_000
     results: dict[str, object] = {"cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="bansink-bench-") as tmp:
         b = Bench(Path(tmp))
+        b.no_journal = args.no_journal
         try:
             phases = args.phases.split(",")
             if "udp" in phases:
@@ -403,6 +513,9 @@ def main() -> None:
             if "latency" in phases:
                 results["latency"] = latency_phase(b, args.bans)
                 print("latency", json.dumps(results["latency"]), flush=True)
+            if "burst" in phases:
+                results["burst"] = burst_phase(b, args.burst_count, args.burst_attackers)
+                print("burst", json.dumps(results["burst"]), flush=True)
             if "relp" in phases:
                 results["relp"] = relp_phase(b, args.relp_count, args.store_rows)
                 print("relp", json.dumps(results["relp"]), flush=True)
