@@ -101,8 +101,10 @@ class SecurityPipeline:
                                      f"(known: {', '.join(sorted(sources))})")
                 if jail not in fed.setdefault(name, []):
                     fed[name].append(jail)
-        self._routes: tuple[tuple[Source, tuple[Jail, ...]], ...] = tuple(
-            (sources[name], tuple(feeds)) for name, feeds in fed.items())
+        # per source: its first jail and the others, so that the common case (one jail per
+        # source) makes no loop, hence no iterator, per message
+        self._routes: tuple[tuple[Source, Jail, tuple[Jail, ...]], ...] = tuple(
+            (sources[name], feeds[0], tuple(feeds[1:])) for name, feeds in fed.items())
         self.protections = protections
         self.counts: Counter[str] = Counter()
 
@@ -112,7 +114,7 @@ class SecurityPipeline:
         return outcome
 
     def _handle(self, message: SyslogMessage, now: float) -> Outcome:
-        for source, jails in self._routes:
+        for source, jail, others in self._routes:
             result = source(message)
             if isinstance(result, NotMatched):
                 continue
@@ -124,15 +126,24 @@ class SecurityPipeline:
             reason = self.protections.reason(ip)
             if reason is not None:
                 return Ignored(reason, result)
-            bans: tuple[Ban, ...] = ()
-            for jail in jails:
-                ban = jail.observe(ip, now)
-                if ban is not None:
-                    bans = (*bans, ban)
-            if not bans:
+            ban = jail.observe(ip, now)
+            if others:
+                return self._more_jails(ip, now, result, ban, others)
+            if ban is None:
                 return Counted(ip, result)
-            return Banned(bans, result)
+            return Banned((ban,), result)
         return NOT_MATCHED
+
+    @staticmethod
+    def _more_jails(ip: IPAddress, now: float, event: SecurityEvent, ban: Ban | None,
+                    others: tuple[Jail, ...]) -> Counted | Banned:
+        """The event in the other jails its source feeds (after the first, which made `ban`)."""
+        bans = () if ban is None else (ban,)
+        for jail in others:
+            more = jail.observe(ip, now)
+            if more is not None:
+                bans = (*bans, more)
+        return Banned(bans, event) if bans else Counted(ip, event)
 
     @property
     def tracked(self) -> int:
