@@ -54,8 +54,10 @@ def _run(args: argparse.Namespace) -> int:
         loop_factory = uvloop.new_event_loop
     except ImportError:
         loop_factory = None
+    path = args.config or (DEFAULT_PATH if DEFAULT_PATH.exists() else None)
+    reread = (lambda: load_config(path)) if path is not None else None
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve(config, backend))
+        runner.run(serve(config, backend, reread))
     return 0
 
 

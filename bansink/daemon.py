@@ -8,6 +8,7 @@ import gc
 import signal
 import ssl
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -23,10 +24,10 @@ from bansink.receiver.tcp import StreamListener, TcpListener
 from bansink.receiver.tls import server_context
 from bansink.receiver.udp import UdpListener
 
-from .config import Config
+from .config import Config, ConfigError
 from .enforcer import Enforcer
 from .hub import Hub
-from .logs import Throttle
+from .logs import Throttle, configure_logging
 from .replay import replay_journal
 from .resends import ResendGuard
 from .store.journal import Journal, JournalRow
@@ -44,39 +45,48 @@ class ListenError(Exception):
     """A configured listen address cannot be bound (in use, not on this host, no privilege)."""
 
 
-def sender_admission(senders: NetworkSet) -> Admit:
-    def admit(address: str) -> str | None:
-        ip = parse_address(address.partition("%")[0])
-        return str(ip) if ip is not None and ip in senders else None
-
-    return admit
-
-
-def build_pipeline(config: Config) -> SecurityPipeline:
+def jails_of(config: Config) -> list[JailSpec]:
     """The configured jails and the sources feeding them. Today's config has one jail
     (`[jail]`), "roundcube", fed by the roundcube-security_log plugin's events."""
-    jail = JailSettings(
+    return [JailSpec(JailSettings(
         name="roundcube",
         maxretry=config.jail.maxretry,
         findtime=config.jail.findtime,
         bantime=config.jail.bantime,
         max_tracked=config.engine.max_tracked,
-    )
-    protections = Protections(
+    ), ("roundcube-security_log",))]
+
+
+def protections_of(config: Config) -> Protections:
+    return Protections(
         trusted_proxies=NetworkSet(config.engine.trusted_proxies),
         ignoreip=NetworkSet(config.engine.ignoreip),
         senders=NetworkSet(config.receiver.senders),
     )
-    return SecurityPipeline([JailSpec(jail, ("roundcube-security_log",))], protections)
+
+
+def build_pipeline(config: Config) -> SecurityPipeline:
+    return SecurityPipeline(jails_of(config), protections_of(config))
+
+
+LIVE = {"receiver": {"senders", "allow_any"}, "engine": None, "jail": None, "log": None}
+"""What a reload applies while running (None: the whole section); any other change needs a
+restart (listeners, TLS, the journal, the nftables table)."""
+
+
+def changed_keys(old: Config, new: Config) -> list[str]:
+    """`section.key` for every value that differs."""
+    before, after = old.model_dump(), new.model_dump()
+    return [f"{section}.{key}" for section in after for key in after[section]
+            if before[section][key] != after[section][key]]
 
 
 Listener = UdpListener | StreamListener
 
 
-def build_listeners(config: Config, intake: Intake) -> list[Listener]:
+def build_listeners(config: Config, intake: Intake, admit: Admit) -> list[Listener]:
     """Every configured listener, not started; ListenError if the TLS files cannot be used."""
     rc = config.receiver
-    admit = sender_admission(NetworkSet(rc.senders))
     context = None
     if rc.tls or rc.relp_tls:
         ts = rc.tls_settings
@@ -115,8 +125,12 @@ class Daemon:
     end, `run()` does all of it until SIGTERM/SIGINT. Each part keeps its own counters; `stats()`
     reads them in one place."""
 
-    def __init__(self, config: Config, backend: BanBackend) -> None:
+    def __init__(self, config: Config, backend: BanBackend,
+                 reread: Callable[[], Config] | None = None) -> None:
+        """`reread` gives the config anew for a reload (SIGHUP); None: reloads are refused."""
         self.config = config
+        self._reread = reread
+        self._senders = NetworkSet(config.receiver.senders)
         jc = config.journal
         self.enforcer = Enforcer(backend, config.nftables.commit_interval)
         self.pipeline = build_pipeline(config)
@@ -145,7 +159,7 @@ class Daemon:
                 log.error(event, **fields)
             await replay_journal(self.journal, hub, findtime=config.jail.findtime,
                                  relp_dedupe=config.journal.relp_dedupe)
-        self.listeners = build_listeners(config, hub)
+        self.listeners = build_listeners(config, hub, self._admit)
         too_many = descriptor_budget(self.listeners, config.receiver.max_connections)
         if too_many is not None:
             raise ListenError(too_many)
@@ -167,8 +181,36 @@ class Daemon:
         log.info("started", senders=config.receiver.senders, maxretry=config.jail.maxretry,
                  findtime=config.jail.findtime, bantime=config.jail.bantime)
 
+    def _admit(self, address: str) -> str | None:
+        """The sender check every listener asks (it follows reloads)."""
+        ip = parse_address(address.partition("%")[0])
+        return str(ip) if ip is not None and ip in self._senders else None
+
     def stop(self) -> None:
         self._stopping.set()
+
+    def reload(self, new: Config) -> list[str]:
+        """Apply a new config while running: senders, protections, jail settings and logging
+        change at once (each jail keeps its tracked failures). Returns the changed keys that
+        need a restart to apply; those keep their running values."""
+        changed = changed_keys(self.config, new)
+        restart = [key for key in changed if not _live(key)]
+        self.pipeline.reconfigure(jails_of(new), protections_of(new))
+        self._senders = NetworkSet(new.receiver.senders)
+        if new.log != self.config.log:
+            configure_logging(new.log.format, new.log.level)
+        self.config = new
+        log.info("reloaded", changed=changed, needs_restart=restart)
+        return restart
+
+    def _reload_from_file(self) -> None:
+        if self._reread is None:
+            log.warning("reload_refused", reason="no config file to read again")
+            return
+        try:
+            self.reload(self._reread())
+        except (ConfigError, ValueError) as exc:
+            log.error("reload_failed", error=str(exc), hint="the running config stays")
 
     async def run(self) -> None:
         """Start, keep house until SIGTERM/SIGINT (or stop()), then close."""
@@ -176,6 +218,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("stats", **self.stats()))
+        loop.add_signal_handler(signal.SIGHUP, self._reload_from_file)
         try:
             await self.start()
             await self._keep_house()
@@ -238,6 +281,13 @@ class Daemon:
         }
 
 
-async def serve(config: Config, backend: BanBackend) -> None:
-    """Run a Daemon until SIGTERM/SIGINT."""
-    await Daemon(config, backend).run()
+def _live(key: str) -> bool:
+    section, _, name = key.partition(".")
+    keys = LIVE.get(section, set())
+    return keys is None or name in keys
+
+
+async def serve(config: Config, backend: BanBackend,
+                reread: Callable[[], Config] | None = None) -> None:
+    """Run a Daemon until SIGTERM/SIGINT; SIGHUP reloads from `reread`."""
+    await Daemon(config, backend, reread).run()

@@ -87,18 +87,31 @@ class SecurityPipeline:
         *,
         sources: Mapping[str, Source] = registry,
     ) -> None:
+        self._sources = sources
+        self.jails: tuple[Jail, ...] = ()
+        self.counts: Counter[str] = Counter()
+        self.reconfigure(jails, protections)
+
+    def reconfigure(self, jails: Sequence[JailSpec], protections: Protections) -> None:
+        """New jails, settings and protections (a reload). A jail whose name stays keeps its
+        tracked failures under its new settings; a jail no longer named is dropped."""
         if not jails:
             raise ValueError("a pipeline needs at least one jail")
         names = [spec.settings.name for spec in jails]
         if len(set(names)) != len(names):
             raise ValueError(f"jail names must be unique: {names}")
-        self.jails = tuple(Jail(spec.settings) for spec in jails)
-        fed: dict[str, list[Jail]] = {}
-        for spec, jail in zip(jails, self.jails, strict=True):
+        sources = self._sources
+        for spec in jails:
             for name in spec.sources:
                 if name not in sources:
                     raise ValueError(f"jail {spec.settings.name}: unknown source {name!r} "
                                      f"(known: {', '.join(sorted(sources))})")
+        kept = {jail.settings.name: jail for jail in self.jails}
+        self.jails = tuple(kept.get(spec.settings.name) or Jail(spec.settings) for spec in jails)
+        fed: dict[str, list[Jail]] = {}
+        for spec, jail in zip(jails, self.jails, strict=True):
+            jail.settings = spec.settings
+            for name in spec.sources:
                 if jail not in fed.setdefault(name, []):
                     fed[name].append(jail)
         # per source: its first jail and the others, so that the common case (one jail per
@@ -106,7 +119,6 @@ class SecurityPipeline:
         self._routes: tuple[tuple[Source, Jail, tuple[Jail, ...]], ...] = tuple(
             (sources[name], feeds[0], tuple(feeds[1:])) for name, feeds in fed.items())
         self.protections = protections
-        self.counts: Counter[str] = Counter()
 
     def handle(self, message: SyslogMessage, now: float) -> Outcome:
         outcome = self._handle(message, now)

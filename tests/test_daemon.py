@@ -1,0 +1,99 @@
+"""The Daemon in-process (dry-run backend, no journal): start, reload, stop."""
+
+import asyncio
+import socket
+
+from bansink.actions.dryrun import DryRunBackend
+from bansink.config import ConfigError, parse_config
+from bansink.daemon import Daemon
+
+LINE = (b'<38>Aug 22 10:00:00 web roundcube: Login failed: client_ip="203.0.113.7", '
+        b'user="u", code=0')
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def config(port: int, **jail):
+    return parse_config({
+        "receiver": {"udp": [f"127.0.0.1:{port}"], "tcp": [], "relp": [],
+                     "senders": ["127.0.0.1/32"]},
+        "engine": {"ignoreip": []},
+        "jail": {"maxretry": 5, **jail},
+        "journal": {"path": ""},
+    })
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+def test_a_reload_applies_jail_and_sender_changes_at_once_and_names_what_needs_a_restart():
+    port = free_port()
+    backend = DryRunBackend()
+
+    async def scenario():
+        daemon = Daemon(config(port), backend)
+        await daemon.start()
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sender.sendto(LINE, ("127.0.0.1", port))
+            await until(lambda: daemon.pipeline.tracked == 1)
+            new = config(port, maxretry=2)
+            restart = daemon.reload(new.model_copy(update={
+                "receiver": new.receiver.model_copy(update={"senders": ["127.0.0.2/32"],
+                                                            "tcp": [("127.0.0.1", 1)]})}))
+            assert restart == ["receiver.tcp"]
+            sender.sendto(LINE, ("127.0.0.1", port))  # 127.0.0.1 is no sender any more
+            await until(lambda: daemon.stats()["drops"].get("sender_not_allowed") == 1)
+            assert daemon._admit("127.0.0.2") == "127.0.0.2"
+            assert daemon.pipeline.jails[0].settings.maxretry == 2
+            assert daemon.pipeline.tracked == 1  # the jail kept its failures
+        finally:
+            sender.close()
+            daemon.stop()
+            await daemon.close()
+        return daemon
+
+    daemon = asyncio.run(scenario())
+    assert daemon.stats()["received"] == {"udp": 1}  # the second was dropped at admission
+
+
+def test_a_bad_config_on_reload_keeps_the_running_one():
+    port = free_port()
+
+    def broken():
+        raise ConfigError("bansink.toml: jail.maxretry: must be at most 1000")
+
+    async def scenario():
+        daemon = Daemon(config(port), DryRunBackend(), reread=broken)
+        await daemon.start()
+        try:
+            daemon._reload_from_file()
+            return daemon.pipeline.jails[0].settings.maxretry
+        finally:
+            daemon.stop()
+            await daemon.close()
+
+    assert asyncio.run(scenario()) == 5
+
+
+def test_run_stops_on_request_and_closes_its_listeners():
+    port = free_port()
+
+    async def scenario():
+        daemon = Daemon(config(port), DryRunBackend())
+        task = asyncio.create_task(daemon.run())
+        await until(lambda: daemon.listeners and daemon.hub is not None)
+        daemon.stop()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(scenario())
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
+        again.bind(("127.0.0.1", port))  # the port is free again
