@@ -4,8 +4,6 @@ of being decided (the daemon's `ban` lines report decision -> commit as latency_
 
 import math
 
-import pytest
-
 from lab import PORT, PROXY4, Lab, Rsyslog, login_failed
 from support import wait_until
 
@@ -65,16 +63,9 @@ def burst_ban_latencies(lab: Lab) -> list[float]:
     return latencies
 
 
-def test_bans_are_not_held_back_until_a_100k_line_burst_is_read(lab: Lab):
-    """Before the frame budget: no ban reached the kernel before the burst was read (p99
-    1.7-1.9 s here); after: ~0.1 s, the rest being the commit thread's wait (see below)."""
-    latencies = burst_ban_latencies(lab)
-    assert percentile(latencies, 0.99) <= 250, sorted(latencies)[-10:]
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "the nft commit runs on a thread that waits for the GIL behind the busy event loop and "
-    "the journal writer (p99 75-120 ms measured); on the event loop it is 33-46 ms"))
 def test_bans_land_within_50_ms_of_their_decision_during_a_100k_line_burst(lab: Lab):
+    """Before the frame budget no ban reached the kernel until the burst was read (p99
+    1.7-1.9 s here); with it, but the commit on its thread waiting for the GIL, p99 75-120 ms;
+    with small commits on the event loop, 33-46 ms (measured)."""
     latencies = burst_ban_latencies(lab)
     assert percentile(latencies, 0.99) <= P99_LIMIT_MS, sorted(latencies)[-10:]
