@@ -23,9 +23,8 @@ log = structlog.get_logger("bansink")
 
 
 def digest_of(message: SyslogMessage) -> bytes:
+    """What identifies a RELP message for resend detection: its sender and its bytes."""
     return hashlib.blake2b(message.peer.encode() + b"\0" + message.raw, digest_size=16).digest()
-
-
 
 
 def journal_row(message: SyslogMessage, transport: str, digest: bytes) -> JournalRow:
