@@ -5,127 +5,17 @@ lost or reordered, whatever ends the connection or pauses its reading."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import socket
-import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
+from streams import LOOPS, Intake, closed_by_server, settings
 
 from bansink.receiver.relp_listener import RelpListener
-from bansink.receiver.tcp import FRAME_BUDGET, StreamListener, TcpListener
+from bansink.receiver.tcp import FRAME_BUDGET, TcpListener
 
 from support import wait_until
-
-T = TypeVar("T")
-
-try:
-    import uvloop
-except ImportError:  # the daemon uses uvloop where installed: test it where it is
-    uvloop = None
-
-LOOPS = [pytest.param(asyncio.new_event_loop, id="asyncio"),
-         pytest.param(uvloop.new_event_loop if uvloop else None, id="uvloop",
-                      marks=pytest.mark.skipif(uvloop is None, reason="uvloop not installed"))]
-
-
-class Intake:
-    """Keeps what the listeners deliver; answers RELP frames at once."""
-
-    def __init__(self) -> None:
-        self.messages: list = []
-        self.drops: list = []
-        self.sessions: dict[int, str] = {}
-        self.ended: dict[int, bool] = {}
-
-    def on_message(self, message, transport: str) -> None:
-        self.messages.append(message)
-
-    def on_reliable_message(self, message, transport: str, done, *, session: int) -> None:
-        assert session in self.sessions
-        self.messages.append(message)
-        done()
-
-    def relp_session_started(self, session: int, peer: str) -> None:
-        self.sessions[session] = peer
-
-    def relp_session_ended(self, session: int, peer: str, clean: bool) -> None:
-        assert session in self.sessions and session not in self.ended
-        self.ended[session] = clean
-
-    def on_drop(self, dropped) -> None:
-        self.drops.append(dropped)
-
-
-class Served:
-    """A listener started on an event loop running in a thread of its own."""
-
-    def __init__(self, loop_factory: Callable[[], asyncio.AbstractEventLoop],
-                 listener: StreamListener) -> None:
-        self.loop = loop_factory()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.listener = listener
-        asyncio.run_coroutine_threadsafe(listener.start(), self.loop).result(10)
-
-    def call(self, fn: Callable[[], T]) -> T:
-        """fn() on the loop's thread (listener state is only touched there)."""
-        done: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-        def run() -> None:
-            try:
-                done.set_result(fn())
-            except BaseException as exc:
-                done.set_exception(exc)
-
-        self.loop.call_soon_threadsafe(run)
-        return done.result(10)
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self.listener.address
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.listener.stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
-def admit_127_0_0_1(address: str) -> str | None:
-    return address if address == "127.0.0.1" else None
-
-
-def settings(**kw: Any) -> dict[str, Any]:
-    return {"admit": admit_127_0_0_1, "max_message_size": 1024, "max_connections": 10,
-            "max_connections_per_sender": 10, "idle_timeout": 30.0, **kw}
-
-
-@pytest.fixture
-def serve(request) -> Iterator[Callable[..., Served]]:
-    started: list[Served] = []
-
-    def start(listener: StreamListener) -> Served:
-        served = Served(request.param, listener)
-        started.append(served)
-        return served
-
-    yield start
-    for served in started:
-        served.stop()
-
-
-def closed_by_server(sock: socket.socket, timeout: float = 5.0) -> bool:
-    sock.settimeout(timeout)
-    try:
-        return sock.recv(1) == b""
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
-
 
 OFFERS = b"relp_version=0\ncommands=syslog"
 OPEN = b"1 open %d %s\n" % (len(OFFERS), OFFERS)

@@ -1,0 +1,20 @@
+from collections.abc import Callable, Iterator
+
+import pytest
+from streams import Served
+
+from bansink.receiver.tcp import StreamListener
+
+
+@pytest.fixture
+def serve(request) -> Iterator[Callable[..., Served]]:
+    started: list[Served] = []
+
+    def start(listener: StreamListener) -> Served:
+        served = Served(request.param, listener)
+        started.append(served)
+        return served
+
+    yield start
+    for served in started:
+        served.stop()
