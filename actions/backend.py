@@ -41,8 +41,8 @@ class BanBackend(Protocol):
         commit, the later one wins."""
 
     def commit(self) -> CommitResult:
-        """Apply every queued ban and deletion in one transaction (blocking: run it off the
-        event loop)."""
+        """Apply every queued ban and deletion in one transaction (blocking: a few elements take
+        well under a millisecond and run on the event loop; larger batches on a thread)."""
 
     def verify(self) -> str | None:
         """Cheaply check that enforcement is still in place (blocking, on the commit thread).

@@ -7,6 +7,7 @@ import asyncio
 import gc
 import signal
 import ssl
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,7 @@ from bansink.receiver.udp import UdpListener
 from .config import Config, ConfigError
 from .enforcer import Enforcer
 from .hub import Hub
-from .logs import Throttle, configure_logging
+from .logs import Throttle
 from .replay import replay_journal
 from .resends import ResendGuard
 from .store.journal import Journal, JournalRow
@@ -39,6 +40,12 @@ STATS_INTERVAL = 60.0
 CHECK_INTERVAL = 1.0
 """How often the journal file, the nftables table and the descriptors are checked: faults made
 behind bansink's back (a deleted file, a flushed ruleset) are found within this."""
+
+
+SWITCH_INTERVAL = 0.001
+"""The GIL's hand-over interval (CPython's default: 5 ms). The journal writer's thread holds the
+GIL in runs while it builds its rows; handing it back sooner keeps the event loop's timers (the
+nft commit a ban waits for) on time under a read burst (measured below, README Performance)."""
 
 
 class ListenError(Exception):
@@ -69,9 +76,16 @@ def build_pipeline(config: Config) -> SecurityPipeline:
     return SecurityPipeline(jails_of(config), protections_of(config))
 
 
-LIVE = {"receiver": {"senders", "allow_any"}, "engine": None, "jail": None, "log": None}
-"""What a reload applies while running (None: the whole section); any other change needs a
-restart (listeners, TLS, the journal, the nftables table)."""
+def running_part(running: Config, new: Config) -> Config:
+    """`running` with what a reload applies taken from `new`: the senders, `[engine]` (trusted
+    proxies, ignoreip, max_tracked) and `[jail]`. Everything else (listeners, TLS, the journal,
+    the nftables table, logging) keeps its running value until a restart."""
+    return running.model_copy(update={
+        "receiver": running.receiver.model_copy(
+            update={"senders": new.receiver.senders, "allow_any": new.receiver.allow_any}),
+        "engine": new.engine,
+        "jail": new.jail,
+    })
 
 
 def changed_keys(old: Config, new: Config) -> list[str]:
@@ -114,9 +128,6 @@ def build_listeners(config: Config, intake: Intake, admit: Admit) -> list[Listen
         *(stream(TcpListener, host, port, "tls", tcp, True) for host, port in rc.tls),
         *(stream(RelpListener, host, port, "relp_tls", relp, True) for host, port in rc.relp_tls),
     ]
-
-
-
 
 
 class Daemon:
@@ -178,6 +189,7 @@ class Daemon:
         # made and collecting the young generation less often measured +19 % RELP msg/s.
         gc.freeze()
         gc.set_threshold(100_000, 50, 100)
+        sys.setswitchinterval(SWITCH_INTERVAL)
         log.info("started", senders=config.receiver.senders, maxretry=config.jail.maxretry,
                  findtime=config.jail.findtime, bantime=config.jail.bantime)
 
@@ -190,17 +202,24 @@ class Daemon:
         self._stopping.set()
 
     def reload(self, new: Config) -> list[str]:
-        """Apply a new config while running: senders, protections, jail settings and logging
-        change at once (each jail keeps its tracked failures). Returns the changed keys that
-        need a restart to apply; those keep their running values."""
-        changed = changed_keys(self.config, new)
-        restart = [key for key in changed if not _live(key)]
-        self.pipeline.reconfigure(jails_of(new), protections_of(new))
-        self._senders = NetworkSet(new.receiver.senders)
-        if new.log != self.config.log:
-            configure_logging(new.log.format, new.log.level)
-        self.config = new
-        log.info("reloaded", changed=changed, needs_restart=restart)
+        """Apply a new config while running: senders (connections of a sender no longer
+        listed are closed), protections and jail settings change at once, each jail keeping
+        its tracked failures. Returns the changed keys that need a restart to apply; they keep
+        their running values (`self.config` is always what runs)."""
+        running = running_part(self.config, new)
+        if self.journal is not None and running.jail.findtime > running.journal.retention:
+            raise ValueError(f"jail.findtime ({running.jail.findtime:g}s) may not exceed the "
+                             f"running journal.retention ({running.journal.retention:g}s)")
+        self.pipeline.reconfigure(jails_of(running), protections_of(running))
+        if self.journal is not None:
+            self.journal.salvage_horizon = max(running.jail.findtime, running.journal.relp_dedupe)
+        applied = changed_keys(self.config, running)
+        self.config = running
+        self._senders = NetworkSet(running.receiver.senders)
+        closed = sum(listener.readmit() for listener in self.listeners
+                     if isinstance(listener, StreamListener))
+        restart = changed_keys(running, new)
+        log.info("reloaded", applied=applied, needs_restart=restart, connections_closed=closed)
         return restart
 
     def _reload_from_file(self) -> None:
@@ -218,18 +237,19 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("stats", **self.stats()))
-        loop.add_signal_handler(signal.SIGHUP, self._reload_from_file)
         try:
             await self.start()
+            loop.add_signal_handler(signal.SIGHUP, self._reload_from_file)  # once running
             await self._keep_house()
         finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
             await self.close()
 
     async def _keep_house(self) -> None:
         """One timer: every CHECK_INTERVAL the fault checks; the engine's expiry when its next
         deadline has come; the journal's pruning every min(findtime/4, 30 s); stats a minute."""
         loop = asyncio.get_running_loop()
-        prune_every = min(self.config.jail.findtime / 4, 30.0)
         last_prune = last_stats = loop.time()
         while not self._stopping.is_set():
             try:
@@ -243,7 +263,7 @@ class Daemon:
             self.guard.expire(now)
             await self.enforcer.verify()
             self._check_descriptors(now)
-            prune = now - last_prune >= prune_every
+            prune = now - last_prune >= min(self.config.jail.findtime / 4, 30.0)
             if prune:
                 last_prune = now
                 self.enforcer.forget_ended(now)
@@ -279,12 +299,6 @@ class Daemon:
             **self.enforcer.counters(),
             **(self.journal.counters() if self.journal is not None else {}),
         }
-
-
-def _live(key: str) -> bool:
-    section, _, name = key.partition(".")
-    keys = LIVE.get(section, set())
-    return keys is None or name in keys
 
 
 async def serve(config: Config, backend: BanBackend,

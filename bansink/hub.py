@@ -59,17 +59,23 @@ class Hub:
     def relp_session_ended(self, session: int, peer: str, clean: bool) -> None:
         self.guard.session_ended(session, peer, clean, self._loop.time())
 
-    def judge(self, message: SyslogMessage | MalformedSyslog, now: float) -> Outcome | None:
+    def judge(self, message: SyslogMessage | MalformedSyslog, now: float,
+              quiet: bool = False) -> Outcome | None:
         """The one way a message becomes an outcome, live or replayed: None for malformed
-        syslog; malformed events and protected addresses are logged here (throttled)."""
+        syslog; malformed events and protected addresses are logged here (throttled), unless
+        `quiet` (a replay: the pipeline's counts say what happened)."""
         if isinstance(message, MalformedSyslog):
             self.drops["malformed_syslog"] += 1
+            if quiet:
+                return None
             held = self.throttle.allow(("malformed_syslog", message.peer), now)
             if held is not None:
                 log.warning("malformed_syslog", peer=message.peer, reason=message.reason,
                             raw=message.raw.decode("utf-8", "replace"), suppressed=held)
             return None
         outcome = self.pipeline.handle(message, now)
+        if quiet:
+            return outcome
         if isinstance(outcome, MalformedEvent):
             held = self.throttle.allow(("malformed_event", message.peer), now)
             if held is not None:

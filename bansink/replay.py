@@ -38,7 +38,7 @@ def replay(rows: list[JournalRow], hub: Hub, tails: defaultdict[str, deque[bytes
         if row.received_at < counts_since:
             continue
         message = parse_syslog(row.raw, peer=row.peer, received_at=row.received_at)
-        outcome = hub.judge(message, mono_now - (wall_now - row.received_at))
+        outcome = hub.judge(message, mono_now - (wall_now - row.received_at), quiet=True)
         if isinstance(outcome, Banned):
             for ban in outcome.bans:
                 left = ban.bantime - (wall_now - row.received_at)

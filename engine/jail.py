@@ -53,6 +53,15 @@ class Jail:
         horizon = now - self.settings.findtime
         return sum(1 for t in self._times(ip) if t > horizon)
 
+    def trim(self) -> int:
+        """Forget the quietest addresses past `max_tracked` (after it was lowered)."""
+        failures, dropped = self._failures, 0
+        while len(failures) > self.settings.max_tracked:
+            failures.popitem(last=False)
+            dropped += 1
+        self.evicted += dropped
+        return dropped
+
     def observe(self, ip: IPAddress, now: float) -> Ban | None:
         """Record one failure of `ip` at `now`; return a ban when it crosses `maxretry`."""
         s = self.settings

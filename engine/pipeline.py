@@ -111,6 +111,7 @@ class SecurityPipeline:
         fed: dict[str, list[Jail]] = {}
         for spec, jail in zip(jails, self.jails, strict=True):
             jail.settings = spec.settings
+            jail.trim()
             for name in spec.sources:
                 if jail not in fed.setdefault(name, []):
                     fed[name].append(jail)

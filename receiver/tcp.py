@@ -92,6 +92,16 @@ class StreamListener:
     def drop(self, reason: str, peer: str, size: int = 0, detail: str = "") -> None:
         self.intake.on_drop(Dropped(reason, peer, self.transport_name, size, detail))
 
+    def readmit(self) -> int:
+        """Close the connections whose sender the admission check no longer allows (after a
+        reload narrowed the senders); return how many."""
+        gone = [s for s in self._open if s.peer is not None and self.admit(s.peer) is None]
+        for stream in gone:
+            assert stream.peer is not None
+            self.drop("sender_not_allowed", stream.peer, detail="no longer a sender")
+            stream.close()
+        return len(gone)
+
     def refusal(self, peer: str | None) -> str | None:
         """Why a new connection from `peer` (None: not a sender) is refused, or None."""
         if peer is None:

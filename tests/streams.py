@@ -116,3 +116,20 @@ def closed_by_server(sock: socket.socket, timeout: float = 5.0) -> bool:
         return True
     except TimeoutError:
         return False
+
+
+OFFERS = b"relp_version=0\ncommands=syslog"
+OPEN = b"1 open %d %s\n" % (len(OFFERS), OFFERS)
+
+
+def syslog_frames(first: int, count: int) -> bytes:
+    return b"".join(b"%d syslog 5 <13>x\n" % txnr for txnr in range(first, first + count))
+
+
+def relp_exchange(sock: socket.socket, frames: bytes) -> bytes:
+    sock.sendall(frames)
+    sock.settimeout(5)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data

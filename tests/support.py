@@ -186,3 +186,22 @@ class Recorder:
 
     def on_drop(self, dropped) -> None:
         self.drops.append(dropped)
+
+
+def make_certificates(d: Path, server_san: str) -> Path:
+    """A test CA in `d`, a server certificate with the subjectAltName given (e.g.
+    "DNS:proxy.example,IP:192.0.2.1"), and two clients: webmail.example and stranger.example."""
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=bansink test CA")
+    for name, san in (("server", server_san),
+                      ("client", "DNS:webmail.example"), ("stranger", "DNS:stranger.example")):
+        openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN={san.split(',')[0][4:]}")
+        (d / f"{name}.ext").write_text(f"subjectAltName={san}\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
+    return d

@@ -3,6 +3,8 @@
 import asyncio
 import socket
 
+import pytest
+
 from bansink.actions.dryrun import DryRunBackend
 from bansink.config import ConfigError, parse_config
 from bansink.daemon import Daemon
@@ -50,6 +52,10 @@ def test_a_reload_applies_jail_and_sender_changes_at_once_and_names_what_needs_a
                 "receiver": new.receiver.model_copy(update={"senders": ["127.0.0.2/32"],
                                                             "tcp": [("127.0.0.1", 1)]})}))
             assert restart == ["receiver.tcp"]
+            assert daemon.config.receiver.tcp == []  # what runs, not what was asked for
+            assert daemon.reload(new) == []  # nothing else asked: nothing waits for a restart
+            daemon.reload(new.model_copy(update={
+                "receiver": new.receiver.model_copy(update={"senders": ["127.0.0.2/32"]})}))
             sender.sendto(LINE, ("127.0.0.1", port))  # 127.0.0.1 is no sender any more
             await until(lambda: daemon.stats()["drops"].get("sender_not_allowed") == 1)
             assert daemon._admit("127.0.0.2") == "127.0.0.2"
@@ -97,3 +103,50 @@ def test_run_stops_on_request_and_closes_its_listeners():
     asyncio.run(scenario())
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
         again.bind(("127.0.0.1", port))  # the port is free again
+
+
+def test_a_reload_closes_the_connections_of_a_sender_no_longer_listed():
+    port = free_port()
+    base = config(port)
+    tcp = base.model_copy(update={"receiver": base.receiver.model_copy(
+        update={"tcp": [("127.0.0.1", port)]})})
+
+    async def scenario():
+        daemon = Daemon(tcp, DryRunBackend())
+        await daemon.start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(LINE + b"\n")
+            await until(lambda: daemon.stats()["received"].get("tcp") == 1)
+            daemon.reload(tcp.model_copy(update={"receiver": tcp.receiver.model_copy(
+                update={"senders": ["192.0.2.1/32"]})}))
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by bansink
+            writer.close()
+            assert daemon.stats()["drops"] == {"sender_not_allowed": 1}
+        finally:
+            daemon.stop()
+            await daemon.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_reload_may_not_stretch_findtime_past_the_running_retention(tmp_path):
+    port = free_port()
+    base = config(port)
+    with_journal = base.model_copy(update={"journal": base.journal.model_copy(
+        update={"path": str(tmp_path / "j.db"), "retention": 3600.0})})
+
+    async def scenario():
+        daemon = Daemon(with_journal, DryRunBackend())
+        await daemon.start()
+        try:
+            longer = with_journal.model_copy(update={"jail": with_journal.jail.model_copy(
+                update={"findtime": 7200.0})})
+            with pytest.raises(ValueError, match="retention"):
+                daemon.reload(longer)
+            return daemon.pipeline.jails[0].settings.findtime
+        finally:
+            daemon.stop()
+            await daemon.close()
+
+    assert asyncio.run(scenario()) == 600.0

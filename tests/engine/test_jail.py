@@ -86,3 +86,12 @@ def test_next_deadline_is_when_the_quietest_address_leaves_the_window():
     assert j.next_deadline() == 80.0
     assert j.expire(79.0) == 0 and j.expire(80.0) == 1
     assert j.next_deadline() == 90.0
+
+
+def test_trim_forgets_the_quietest_past_a_lowered_max_tracked():
+    j = Jail(JailSettings("t", maxretry=5, findtime=60, bantime=1, max_tracked=10))
+    j.observe(A, 1.0)
+    j.observe(B, 2.0)
+    j.settings = JailSettings("t", maxretry=5, findtime=60, bantime=1, max_tracked=1)
+    assert j.trim() == 1 and j.tracked == 1 and j.evicted == 1
+    assert j.next_deadline() == 62.0  # B, the latest, stays

@@ -1,32 +1,17 @@
 """TLS with real rsyslog: omfwd over TLS (RFC 5425) and omrelp tls="on", client certificates."""
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from lab import PROXY4, PROXY4_ATK, Lab, Rsyslog, login_failed
-from support import Daemon, wait_until
+from support import Daemon, make_certificates, wait_until
 
 TLS_PORT, RELP_TLS_PORT = 6514, 20515
 
 
-def make_certificates(d: Path) -> Path:
-    """A test CA, a server certificate for the proxy and two client certificates."""
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
-
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-            "-subj", "/CN=bansink test CA")
-    for name, san in (("server", f"DNS:proxy.example,IP:{PROXY4}"),
-                      ("client", "DNS:webmail.example"), ("stranger", "DNS:stranger.example")):
-        openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                "-subj", f"/CN={san.split(',')[0][4:]}")
-        (d / f"{name}.ext").write_text(f"subjectAltName={san}\n")
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
-    return d
+def make_proxy_certificates(d: Path) -> Path:
+    return make_certificates(d, f"DNS:proxy.example,IP:{PROXY4}")
 
 
 def tls_config(d: Path, names: str = '["webmail.example"]') -> str:
@@ -54,7 +39,7 @@ format = "json"
 def certs(tmp_path):
     d = tmp_path / "certs"
     d.mkdir()
-    return make_certificates(d)
+    return make_proxy_certificates(d)
 
 
 def omfwd_tls(d: Path, who: str = "client") -> str:

@@ -1,9 +1,10 @@
 from collections.abc import Callable, Iterator
 
 import pytest
-from streams import Served
 
 from bansink.receiver.tcp import StreamListener
+
+from streams import Served
 
 
 @pytest.fixture

@@ -10,28 +10,12 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from streams import LOOPS, Intake, closed_by_server, settings
 
 from bansink.receiver.relp_listener import RelpListener
 from bansink.receiver.tcp import FRAME_BUDGET, TcpListener
 
+from streams import LOOPS, OPEN, Intake, closed_by_server, relp_exchange, settings, syslog_frames
 from support import wait_until
-
-OFFERS = b"relp_version=0\ncommands=syslog"
-OPEN = b"1 open %d %s\n" % (len(OFFERS), OFFERS)
-
-
-def syslog_frames(first: int, count: int) -> bytes:
-    return b"".join(b"%d syslog 5 <13>x\n" % txnr for txnr in range(first, first + count))
-
-
-def relp_exchange(sock: socket.socket, frames: bytes) -> bytes:
-    sock.sendall(frames)
-    sock.settimeout(5)
-    data = b""
-    while chunk := sock.recv(65536):
-        data += chunk
-    return data
 
 
 class TickingIntake(Intake):

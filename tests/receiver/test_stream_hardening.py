@@ -8,7 +8,6 @@ import os
 import resource
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -16,32 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from streams import LOOPS, Intake, closed_by_server, settings
 
 from bansink.receiver.relp_listener import RelpListener
 from bansink.receiver.syslog import SyslogMessage
 from bansink.receiver.tcp import WRITE_BUFFER_HIGH, StreamListener, TcpListener
 from bansink.receiver.tls import server_context
 
-from support import wait_until
+from streams import LOOPS, OPEN, Intake, closed_by_server, relp_exchange, settings, syslog_frames
+from support import make_certificates, wait_until
 
 # -- RELP: replies nobody reads --------------------------------------------------------------
 
-OFFERS = b"relp_version=0\ncommands=syslog"
-OPEN = b"1 open %d %s\n" % (len(OFFERS), OFFERS)
-
-
-def syslog_frames(first: int, count: int) -> bytes:
-    return b"".join(b"%d syslog 5 <13>x\n" % txnr for txnr in range(first, first + count))
-
-
-def relp_exchange(sock: socket.socket, frames: bytes) -> bytes:
-    sock.sendall(frames)
-    sock.settimeout(5)
-    data = b""
-    while chunk := sock.recv(65536):
-        data += chunk
-    return data
 
 
 @pytest.mark.parametrize("serve", LOOPS, indirect=True)
@@ -100,23 +84,7 @@ def test_relp_sessions_are_numbered_and_their_end_reported_once(serve):
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory) -> Path:
-    """A CA, a server certificate for 127.0.0.1 and two client certificates."""
-    d = tmp_path_factory.mktemp("certs")
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
-
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-            "-subj", "/CN=bansink test CA")
-    for name, san in (("server", "DNS:localhost,IP:127.0.0.1"),
-                      ("client", "DNS:webmail.example"), ("stranger", "DNS:stranger.example")):
-        openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                "-subj", f"/CN={san.split(',')[0][4:]}")
-        (d / f"{name}.ext").write_text(f"subjectAltName={san}\n")
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
-    return d
+    return make_certificates(tmp_path_factory.mktemp("certs"), "DNS:localhost,IP:127.0.0.1")
 
 
 def tls_listener(certs: Path, intake: Intake, cls: type[StreamListener] = TcpListener,
