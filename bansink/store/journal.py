@@ -136,6 +136,7 @@ class Journal:
         self.max_rows = max_rows
         self._db: sqlite3.Connection | None = None
         self._fd: int | None = None  # the file as opened: tells deletion and replacement
+        self._identity: tuple[int, int] | None = None  # its (device, inode)
         self._salvaged: list[JournalRow] = []  # read from a lost file, not yet written anew
 
     def open(self) -> None:
@@ -165,6 +166,8 @@ class Journal:
             for step in range(version + 1, SCHEMA_VERSION + 1):
                 db.executescript(f"BEGIN; {_UPGRADES[step]} PRAGMA user_version={step}; COMMIT;")
             self._fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+            opened = os.fstat(self._fd)
+            self._identity = (opened.st_dev, opened.st_ino)
         except (sqlite3.Error, OSError) as exc:
             db.close()
             if isinstance(exc, JournalError) or is_damage(exc):
@@ -180,26 +183,29 @@ class Journal:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+            self._identity = None
 
-    def _whereabouts(self) -> str | None:
-        """None while the path names the opened file with a sound header; else what happened:
-        "deleted", "replaced" or "overwritten"."""
-        if self._fd is None:
+    def _whereabouts(self, header: bool = True) -> str | None:
+        """None while the path names the opened file (and, if asked, its header is SQLite's);
+        else what happened: "deleted", "replaced" or "overwritten"."""
+        if self._fd is None or self._identity is None:
             raise JournalError("journal is not open")
-        opened = os.fstat(self._fd)
         try:
             now = os.stat(self.path)
         except FileNotFoundError:
             return "deleted"
-        if (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino):
+        if (now.st_dev, now.st_ino) != self._identity:
             return "replaced"
-        header = os.pread(self._fd, len(_SQLITE_MAGIC), 0)
-        return "overwritten" if header and header != _SQLITE_MAGIC else None
+        if not header:
+            return None
+        read = os.pread(self._fd, len(_SQLITE_MAGIC), 0)
+        return "overwritten" if read and read != _SQLITE_MAGIC else None
 
-    def verify(self) -> None:
+    def verify(self, header: bool = True) -> None:
         """Raise JournalDamaged if the path no longer names the file that was opened (deleted,
-        replaced) or its header is no longer SQLite's. Cheap: two stats and a 16-byte read."""
-        fault = self._whereabouts()
+        replaced) or (with `header`) its header is no longer SQLite's. Cheap: a stat and a
+        16-byte read."""
+        fault = self._whereabouts(header)
         if fault is not None:
             raise JournalDamaged(f"{self.path} was {fault} while open")
 
@@ -209,7 +215,7 @@ class Journal:
         replaced, the rows received since `since` are salvaged (the open connection still reads
         it) and a replacing file is moved aside as `<name>.replaced-<UTC time>`. Returns (where
         a file was moved, rows salvaged)."""
-        fault = self._whereabouts() if self._fd is not None else None
+        fault = self._whereabouts() if self._identity is not None else None
         if fault in ("deleted", "replaced") and self._db is not None:
             try:
                 self._salvaged = list(self.replay(since))
@@ -271,7 +277,7 @@ class Journal:
         # committed, but into the file at the path? (not into a deleted one: nothing may be
         # acknowledged that a restart would not find)
         try:
-            self.verify()
+            self.verify(header=False)  # one stat: the writer thread takes the GIL back per call
         except JournalDamaged as exc:
             exc.committed = True
             raise
