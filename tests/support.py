@@ -3,6 +3,7 @@ and a bansink daemon run as a real process."""
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import itertools
 import json
@@ -33,6 +34,15 @@ def wait_until(condition: Callable[[], T], timeout: float = 10.0, what: str = "c
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.02)
+
+
+async def until(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    """wait_until for a test's own event loop: poll without blocking it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, f"timed out after {timeout}s"
+        await asyncio.sleep(0.005)
 
 
 class Netns:

@@ -9,6 +9,8 @@ from bansink.actions.dryrun import DryRunBackend
 from bansink.config import ConfigError, parse_config
 from bansink.daemon import Daemon
 
+from support import until
+
 LINE = (b'<38>Aug 22 10:00:00 web roundcube: Login failed: client_ip="203.0.113.7", '
         b'user="u", code=0')
 
@@ -27,13 +29,6 @@ def config(port: int, **jail):
         "jail": {"maxretry": 5, **jail},
         "journal": {"path": ""},
     })
-
-
-async def until(condition, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.005)
 
 
 def test_a_reload_applies_jail_and_sender_changes_at_once_and_names_what_needs_a_restart():

@@ -8,6 +8,8 @@ from bansink.actions.dryrun import DryRunBackend
 from bansink.enforcer import Enforcer
 from bansink.engine.decisions import Ban, Origin
 
+from support import until
+
 
 class CountingBackend(DryRunBackend):
     def __init__(self) -> None:
@@ -60,13 +62,6 @@ def decision(ip: str, bantime: float, at: float) -> Ban:
     target = ip_network(ip) if "/" in ip else ip_address(ip)
     return Ban(target=target, origin=Origin.JAIL, jail="roundcube", failures=6, bantime=bantime,
                decided_at=at)
-
-
-async def until(condition, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.005)
 
 
 def test_bans_a_failed_commit_left_out_are_tried_again_and_running_ones_restored():
