@@ -47,7 +47,7 @@ class Enforcer:
         self._retry: dict[Target, Ban] = {}
         """bans a failed commit left out: tried again at the next verify"""
         self._restore_again = False
-        self.throttle = Throttle(60.0)
+        self._throttle = Throttle(60.0)
 
     async def setup(self) -> None:
         await self._batcher.run_blocking(self.backend.setup)
@@ -101,7 +101,7 @@ class Enforcer:
                 self._restore_again = True
             else:
                 self._retry[b.target] = b
-        held = self.throttle.allow(("ban_failed",), now)
+        held = self._throttle.allow(("ban_failed",), now)
         if held is not None:
             log.error("ban_failed", bans=len(failed),
                       targets=[str(b.target) for b in failed[:20]], error=error,
@@ -114,7 +114,7 @@ class Enforcer:
         try:
             problem = await self._batcher.run_blocking(self.backend.verify)
         except Exception as exc:  # e.g. nft refused the rebuild: try again next time
-            held = self.throttle.allow(("nft_verify_failed",), asyncio.get_running_loop().time())
+            held = self._throttle.allow(("nft_verify_failed",), asyncio.get_running_loop().time())
             if held is not None:
                 log.error("nft_verify_failed", error=str(exc), suppressed=held)
             return

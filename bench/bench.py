@@ -446,13 +446,7 @@ action(type="omfile" file="{out}")""")
                                         "msg_per_s": round(count / elapsed)}
 
     # replay: a store filled to store_rows, then a restart
-    try:
-        from bansink.store.journal import Journal, JournalRow
-    except ImportError:  # before the store package
-        from bansink.journal import (  # type: ignore[no-redef, import-not-found]
-            Journal,
-            JournalRow,
-        )
+    from bansink.store.journal import Journal, JournalRow
     store_path = b.tmp / "store.db"
     journal = Journal(store_path, retention=86400, max_rows=store_rows)
     journal.open()
