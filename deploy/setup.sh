@@ -23,3 +23,12 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import nftables' 2>/dev/n
     /usr/bin/python3 -m venv --system-site-packages .venv
 fi
 .venv/bin/pip install -q --disable-pip-version-check -e ".$extras"
+if [ "${1:-}" = "--test" ] && [ ! -f .cache/fail2ban/etc/fail2ban/filter.d/common.conf ]; then
+    # fail2ban's stock filters and their sample logs are the filter tests' truth set. Unpacked,
+    # not installed: installing would start fail2ban and have it change this host's firewall.
+    rm -rf .cache/fail2ban.tmp && mkdir -p .cache/fail2ban.tmp
+    (cd .cache/fail2ban.tmp && { apt-get download -qq fail2ban 2>/dev/null ||
+        { apt-get update -qq && apt-get download -qq fail2ban; }; })
+    dpkg-deb -x .cache/fail2ban.tmp/fail2ban_*.deb .cache/fail2ban.tmp/root
+    rm -rf .cache/fail2ban && mv .cache/fail2ban.tmp/root .cache/fail2ban && rm -rf .cache/fail2ban.tmp
+fi
