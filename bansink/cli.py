@@ -13,6 +13,7 @@ from bansink.actions.nftables import NftablesError, NftablesSet
 
 from .config import DEFAULT_PATH, Config, ConfigError, load_config
 from .daemon import ListenError, serve
+from .jails import jails_and_sources
 from .logs import configure_logging
 from .store.journal import JournalError
 
@@ -62,9 +63,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    """Validate the file as `run` would load it: exit 0, or 2 with one line per problem."""
-    load_config(args.path)
-    print(f"{args.path}: OK")
+    """Validate the file as `run` would load it, filters included: exit 0, or 2 with one line
+    per problem."""
+    jails, _ = jails_and_sources(load_config(args.path))
+    print(f"{args.path}: OK ({len(jails)} jail{'s' if len(jails) != 1 else ''}: "
+          f"{', '.join(jail.settings.name for jail in jails)})")
     return 0
 
 

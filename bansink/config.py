@@ -194,6 +194,9 @@ def _count(default: int, low: int, high: int) -> Any:
     return Field(default, strict=True, ge=low, le=high)
 
 
+_JAIL_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -264,6 +267,9 @@ class EngineConfig(_Section):
     ignoreip: list[Network] = ["127.0.0.0/8", "::1/128"]
     max_tracked: int = _count(1_000_000, 1, 100_000_000)
     """Addresses whose failures are counted at once: 1 to 100 million."""
+    filter_paths: list[FileName] = ["/etc/fail2ban/filter.d"]
+    """Folders where a jail's `filters` named without a path (`postfix[mode=auth]`) are looked
+    up, in order."""
 
     _networks_are_meant = field_validator("trusted_proxies", "ignoreip")(
         _no_catch_all("engine"))
@@ -276,6 +282,33 @@ class JailConfig(_Section):
     """Window in which failures count: 1 second to 30 days."""
     bantime: BanTime = 3600.0
     """How long a ban lasts: 1 second to 365 days (see MAX_BANTIME for the kernel's limit)."""
+
+
+class JailEntry(JailConfig):
+    """`[jails.NAME]`: a jail, the sources and filters feeding it, and its own settings."""
+
+    enabled: bool = Field(True, strict=True)
+    sources: list[str] = []
+    """Built-in sources by name (`bansink test --list` shows them): roundcube-security_log,
+    roundcube, dovecot, postfix-sasl, sogo, kerio, kopano, james."""
+    filters: list[str] = []
+    """fail2ban filters: `postfix[mode=auth]` (looked up in engine.filter_paths) or a path
+    such as `/etc/fail2ban/filter.d/dovecot.conf`."""
+    tags: list[str] | None = None
+    """Only messages with these syslog tags (APP-NAMEs) reach this jail's sources and filters;
+    unset: what each built-in source names, and every message for other filters."""
+    line: Literal["syslog", "message"] | None = None
+    """What this jail's filters read: the syslog file line (`Mmm dd hh:mm:ss host tag[pid]:
+    msg`) or the message text alone (a file forwarded by imfile); unset: the built-in
+    source's own choice, else syslog."""
+    ignoreip: list[Network] = []
+    """Addresses this jail never bans (besides engine.ignoreip)."""
+
+    @model_validator(mode="after")
+    def _has_a_source(self) -> JailEntry:
+        if self.enabled and not (self.sources or self.filters):
+            raise ValueError("name at least one of sources or filters")
+        return self
 
 
 class NftablesConfig(_Section):
@@ -321,6 +354,9 @@ class Config(_Section):
     receiver: ReceiverConfig = ReceiverConfig()
     engine: EngineConfig = EngineConfig()
     jail: JailConfig = JailConfig()
+    """The single jail of older configs: with no [jails.NAME], one jail "roundcube" fed by the
+    roundcube-security_log plugin."""
+    jails: dict[str, JailEntry] = {}
     nftables: NftablesConfig = NftablesConfig()
     journal: JournalConfig = JournalConfig()
     log: LogConfig = LogConfig()
@@ -336,10 +372,31 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
+    def _jails_are_named_once(self) -> Config:
+        for name in self.jails:
+            if not _JAIL_NAME.fullmatch(name):
+                raise ValueError(f"jails.{name}: a jail name is 1 to 32 of a-z, 0-9, _ and -, "
+                                 f"starting with a letter")
+        if self.jails and "jail" in self.model_fields_set:
+            raise ValueError(
+                "[jail] and [jails.NAME] together: move [jail]'s keys into a [jails.roundcube] "
+                "section with sources = [\"roundcube-security_log\"] and delete [jail]")
+        if self.jails and not any(jail.enabled for jail in self.jails.values()):
+            raise ValueError("jails: every jail is disabled")
+        return self
+
+    @property
+    def longest_findtime(self) -> float:
+        """The longest findtime of the enabled jails: how far back counts must survive."""
+        if not self.jails:
+            return self.jail.findtime
+        return max(jail.findtime for jail in self.jails.values() if jail.enabled)
+
+    @model_validator(mode="after")
     def _retention_covers_findtime(self) -> Config:
-        if self.journal.path and self.journal.retention < self.jail.findtime:
+        if self.journal.path and self.journal.retention < self.longest_findtime:
             raise ValueError(f"journal.retention ({_human(self.journal.retention)}) must be at "
-                             f"least jail.findtime ({_human(self.jail.findtime)})")
+                             f"least the longest findtime ({_human(self.longest_findtime)})")
         return self
 
 

@@ -16,8 +16,6 @@ import structlog
 
 from bansink.actions.backend import BanBackend
 from bansink.engine.addresses import NetworkSet, parse_address
-from bansink.engine.jail import JailSettings
-from bansink.engine.pipeline import JailSpec, Protections, SecurityPipeline
 from bansink.receiver.descriptors import descriptor_budget, descriptors_in_use
 from bansink.receiver.intake import Admit, Intake
 from bansink.receiver.relp_listener import RelpListener
@@ -28,6 +26,7 @@ from bansink.receiver.udp import UdpListener
 from .config import Config, ConfigError
 from .enforcer import Enforcer
 from .hub import Hub
+from .jails import build_pipeline, reconfigure
 from .logs import Throttle
 from .replay import replay_journal
 from .resends import ResendGuard
@@ -52,47 +51,26 @@ class ListenError(Exception):
     """A configured listen address cannot be bound (in use, not on this host, no privilege)."""
 
 
-def jails_of(config: Config) -> list[JailSpec]:
-    """The configured jails and the sources feeding them. Today's config has one jail
-    (`[jail]`), "roundcube", fed by the roundcube-security_log plugin's events."""
-    return [JailSpec(JailSettings(
-        name="roundcube",
-        maxretry=config.jail.maxretry,
-        findtime=config.jail.findtime,
-        bantime=config.jail.bantime,
-        max_tracked=config.engine.max_tracked,
-    ), ("roundcube-security_log",))]
-
-
-def protections_of(config: Config) -> Protections:
-    return Protections(
-        trusted_proxies=NetworkSet(config.engine.trusted_proxies),
-        ignoreip=NetworkSet(config.engine.ignoreip),
-        senders=NetworkSet(config.receiver.senders),
-    )
-
-
-def build_pipeline(config: Config) -> SecurityPipeline:
-    return SecurityPipeline(jails_of(config), protections_of(config))
-
-
 def running_part(running: Config, new: Config) -> Config:
     """`running` with what a reload applies taken from `new`: the senders, `[engine]` (trusted
-    proxies, ignoreip, max_tracked) and `[jail]`. Everything else (listeners, TLS, the journal,
-    the nftables table, logging) keeps its running value until a restart."""
+    proxies, ignoreip, max_tracked, filter_paths), `[jail]` and `[jails.NAME]` (filter files
+    are read again). Everything else (listeners, TLS, the journal, the nftables table,
+    logging) keeps its running value until a restart."""
     return running.model_copy(update={
         "receiver": running.receiver.model_copy(
             update={"senders": new.receiver.senders, "allow_any": new.receiver.allow_any}),
         "engine": new.engine,
         "jail": new.jail,
+        "jails": new.jails,
     })
 
 
 def changed_keys(old: Config, new: Config) -> list[str]:
-    """`section.key` for every value that differs."""
+    """`section.key` for every value that differs (`jails.NAME` for a jail)."""
     before, after = old.model_dump(), new.model_dump()
-    return [f"{section}.{key}" for section in after for key in after[section]
-            if before[section][key] != after[section][key]]
+    return [f"{section}.{key}" for section in after
+            for key in dict.fromkeys([*before[section], *after[section]])
+            if before[section].get(key) != after[section].get(key)]
 
 
 Listener = UdpListener | StreamListener
@@ -150,7 +128,7 @@ class Daemon:
         if jc.path:
             self.journal = JournalWriter(
                 Journal(Path(jc.path), retention=jc.retention, max_rows=jc.max_rows),
-                jc.commit_interval, salvage_horizon=max(config.jail.findtime, jc.relp_dedupe),
+                jc.commit_interval, salvage_horizon=max(config.longest_findtime, jc.relp_dedupe),
                 unwritten=self._unwritten)
         self.hub: Hub | None = None
         self.listeners: list[Listener] = []
@@ -168,7 +146,7 @@ class Daemon:
         if self.journal is not None:
             for event, fields in await self.journal.open():
                 log.error(event, **fields)
-            await replay_journal(self.journal, hub, findtime=config.jail.findtime,
+            await replay_journal(self.journal, hub, findtime=config.longest_findtime,
                                  relp_dedupe=config.journal.relp_dedupe)
         self.listeners = build_listeners(config, hub, self._admit)
         too_many = descriptor_budget(self.listeners, config.receiver.max_connections)
@@ -190,8 +168,11 @@ class Daemon:
         gc.freeze()
         gc.set_threshold(100_000, 50, 100)
         sys.setswitchinterval(SWITCH_INTERVAL)
-        log.info("started", senders=config.receiver.senders, maxretry=config.jail.maxretry,
-                 findtime=config.jail.findtime, bantime=config.jail.bantime)
+        log.info("started", senders=config.receiver.senders,
+                 jails={jail.settings.name: {"maxretry": jail.settings.maxretry,
+                                             "findtime": jail.settings.findtime,
+                                             "bantime": jail.settings.bantime}
+                        for jail in self.pipeline.jails})
 
     def _admit(self, address: str) -> str | None:
         """The sender check every listener asks (it follows reloads)."""
@@ -207,12 +188,13 @@ class Daemon:
         its tracked failures. Returns the changed keys that need a restart to apply; they keep
         their running values (`self.config` is always what runs)."""
         running = running_part(self.config, new)
-        if self.journal is not None and running.jail.findtime > running.journal.retention:
-            raise ValueError(f"jail.findtime ({running.jail.findtime:g}s) may not exceed the "
-                             f"running journal.retention ({running.journal.retention:g}s)")
-        self.pipeline.reconfigure(jails_of(running), protections_of(running))
+        findtime = running.longest_findtime
+        if self.journal is not None and findtime > running.journal.retention:
+            raise ValueError(f"findtime ({findtime:g}s) may not exceed the running "
+                             f"journal.retention ({running.journal.retention:g}s)")
+        reconfigure(self.pipeline, running)
         if self.journal is not None:
-            self.journal.salvage_horizon = max(running.jail.findtime, running.journal.relp_dedupe)
+            self.journal.salvage_horizon = max(findtime, running.journal.relp_dedupe)
         applied = changed_keys(self.config, running)
         self.config = running
         self._senders = NetworkSet(running.receiver.senders)
@@ -263,7 +245,7 @@ class Daemon:
             self.guard.expire(now)
             await self.enforcer.verify()
             self._check_descriptors(now)
-            prune = now - last_prune >= min(self.config.jail.findtime / 4, 30.0)
+            prune = now - last_prune >= min(self.config.longest_findtime / 4, 30.0)
             if prune:
                 last_prune = now
                 self.enforcer.forget_ended(now)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from .addresses import IPAddress
+from .addresses import IPAddress, NetworkSet
 from .decisions import Ban, Origin
 
 
@@ -34,6 +34,8 @@ class JailSettings:
 class Jail:
     def __init__(self, settings: JailSettings) -> None:
         self.settings = settings
+        self.ignoreip: NetworkSet | None = None
+        """Addresses this jail never counts (the pipeline checks it before `observe`)."""
         # address -> monotonic time of its failure (one failure, the common case), or a tuple of
         # them, oldest first. Floats and tuples of floats are not followed by the cyclic GC and
         # are small: this keeps a million tracked addresses cheap. The dict is ordered by each

@@ -14,7 +14,7 @@ from .decisions import Ban
 from .events import NOT_MATCHED, MalformedEvent, NotMatched, SecurityEvent
 from .jail import Jail, JailSettings
 from .proxies import resolve_client
-from .sources import Source, registry
+from .sources import Source, registry, tags_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +44,15 @@ class Protections:
 
 @dataclass(frozen=True, slots=True)
 class JailSpec:
-    """A jail and the sources (names in engine.sources.registry) that feed it."""
+    """A jail and the sources (names in the pipeline's source mapping) that feed it."""
 
     settings: JailSettings
     sources: tuple[str, ...]
+    tags: frozenset[str] | None = None
+    """Hand this jail's sources only messages with these syslog tags (APP-NAMEs); None: the
+    tags each source names itself (engine.sources.tags_of)."""
+    ignoreip: NetworkSet | None = None
+    """Addresses this jail never counts (besides the pipeline's protections)."""
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -75,10 +80,17 @@ class Ignored(NamedTuple):
 Outcome = Banned | Counted | Ignored | NotMatched | MalformedEvent
 
 
+Route = tuple[Source, Jail, tuple[Jail, ...]]
+"""A source, the first jail it feeds and the others: the common case (one jail per source)
+makes no loop, hence no iterator, per message."""
+
+
 class SecurityPipeline:
-    """Jails fed by the sources they name. A message goes to the sources in the order the jails
-    first name them; the first that recognises it (an event, or a malformed one) decides, and
-    its event is counted in every jail that source feeds."""
+    """Jails fed by the sources they name. A message goes to the sources that read its syslog
+    tag (APP-NAME), in the order the jails first name them, then to the sources that read every
+    tag; the first that recognises it (an event, or a malformed one) decides, and its event is
+    counted in every jail that source feeds (for that tag). Which sources a tag reaches is one
+    dict lookup per message, however many sources there are."""
 
     def __init__(
         self,
@@ -92,33 +104,45 @@ class SecurityPipeline:
         self.counts: Counter[str] = Counter()
         self.reconfigure(jails, protections)
 
-    def reconfigure(self, jails: Sequence[JailSpec], protections: Protections) -> None:
-        """New jails, settings and protections (a reload). A jail whose name stays keeps its
-        tracked failures under its new settings; a jail no longer named is dropped."""
+    def reconfigure(self, jails: Sequence[JailSpec], protections: Protections, *,
+                    sources: Mapping[str, Source] | None = None) -> None:
+        """New jails, settings, protections and (if given) sources: a reload. A jail whose name
+        stays keeps its tracked failures under its new settings; a jail no longer named is
+        dropped."""
         if not jails:
             raise ValueError("a pipeline needs at least one jail")
         names = [spec.settings.name for spec in jails]
         if len(set(names)) != len(names):
             raise ValueError(f"jail names must be unique: {names}")
-        sources = self._sources
+        sources = self._sources if sources is None else sources
         for spec in jails:
             for name in spec.sources:
                 if name not in sources:
                     raise ValueError(f"jail {spec.settings.name}: unknown source {name!r} "
                                      f"(known: {', '.join(sorted(sources))})")
+        self._sources = sources
         kept = {jail.settings.name: jail for jail in self.jails}
         self.jails = tuple(kept.get(spec.settings.name) or Jail(spec.settings) for spec in jails)
-        fed: dict[str, list[Jail]] = {}
+        # (source, the tags it is read for, or None for all) -> the jails it feeds
+        fed: dict[tuple[str, frozenset[str] | None], list[Jail]] = {}
         for spec, jail in zip(jails, self.jails, strict=True):
             jail.settings = spec.settings
+            jail.ignoreip = spec.ignoreip
             jail.trim()
             for name in spec.sources:
-                if jail not in fed.setdefault(name, []):
-                    fed[name].append(jail)
-        # per source: its first jail and the others, so that the common case (one jail per
-        # source) makes no loop, hence no iterator, per message
-        self._routes: tuple[tuple[Source, Jail, tuple[Jail, ...]], ...] = tuple(
-            (sources[name], feeds[0], tuple(feeds[1:])) for name, feeds in fed.items())
+                tags = spec.tags if spec.tags is not None else tags_of(sources[name])
+                if jail not in fed.setdefault((name, tags), []):
+                    fed[(name, tags)].append(jail)
+        every_tag = [(name, feeds) for (name, tags), feeds in fed.items() if tags is None]
+        tagged = {tag for (_, tags) in fed if tags is not None for tag in tags}
+
+        def routes(tag: str | None) -> tuple[Route, ...]:
+            chosen = [(name, feeds) for (name, tags), feeds in fed.items()
+                      if tags is not None and tag in tags] + every_tag
+            return tuple((sources[name], feeds[0], tuple(feeds[1:])) for name, feeds in chosen)
+
+        self._by_tag: dict[str | None, tuple[Route, ...]] = {tag: routes(tag) for tag in tagged}
+        self._every_tag: tuple[Route, ...] = routes(None)
         self.protections = protections
 
     def handle(self, message: SyslogMessage, now: float) -> Outcome:
@@ -127,7 +151,7 @@ class SecurityPipeline:
         return outcome
 
     def _handle(self, message: SyslogMessage, now: float) -> Outcome:
-        for source, jail, others in self._routes:
+        for source, jail, others in self._by_tag.get(message.app_name, self._every_tag):
             result = source(message)
             if isinstance(result, NotMatched):
                 continue
@@ -139,24 +163,32 @@ class SecurityPipeline:
             reason = self.protections.reason(ip)
             if reason is not None:
                 return Ignored(reason, result)
-            ban = jail.observe(ip, now)
             if others:
-                return self._more_jails(ip, now, result, ban, others)
+                return self._every_jail(ip, now, result, (jail, *others))
+            if jail.ignoreip is not None and ip in jail.ignoreip:
+                return Ignored("ignoreip", result)
+            ban = jail.observe(ip, now)
             if ban is None:
                 return Counted(ip, result)
             return Banned((ban,), result)
         return NOT_MATCHED
 
     @staticmethod
-    def _more_jails(ip: IPAddress, now: float, event: SecurityEvent, ban: Ban | None,
-                    others: tuple[Jail, ...]) -> Counted | Banned:
-        """The event in the other jails its source feeds (after the first, which made `ban`)."""
-        bans = () if ban is None else (ban,)
-        for jail in others:
+    def _every_jail(ip: IPAddress, now: float, event: SecurityEvent,
+                    jails: tuple[Jail, ...]) -> Counted | Banned | Ignored:
+        """The event in each jail its source feeds, except those whose ignoreip covers it."""
+        bans: tuple[Ban, ...] = ()
+        counted = False
+        for jail in jails:
+            if jail.ignoreip is not None and ip in jail.ignoreip:
+                continue
+            counted = True
             more = jail.observe(ip, now)
             if more is not None:
                 bans = (*bans, more)
-        return Banned(bans, event) if bans else Counted(ip, event)
+        if bans:
+            return Banned(bans, event)
+        return Counted(ip, event) if counted else Ignored("ignoreip", event)
 
     @property
     def tracked(self) -> int:

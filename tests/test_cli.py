@@ -196,7 +196,7 @@ def test_a_catch_all_that_is_meant_passes_check_config(capsys, tmp_path):
     path.write_text('[receiver]\nallow_any = true\nsenders = ["0.0.0.0/0", "::/0"]\n'
                     '[engine]\nallow_any = true\nignoreip = ["0.0.0.0/0"]\n')
     assert cli.main(["check-config", str(path)]) == 0
-    assert capsys.readouterr().out == f"{path}: OK\n"
+    assert capsys.readouterr().out == f"{path}: OK (1 jail: roundcube)\n"
 
 
 @pytest.mark.parametrize("content, words", [

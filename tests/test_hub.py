@@ -3,7 +3,7 @@
 import asyncio
 
 from bansink.config import parse_config
-from bansink.daemon import build_pipeline
+from bansink.jails import build_pipeline
 from bansink.hub import Hub, digest_of
 from bansink.receiver.intake import Dropped
 from bansink.receiver.syslog import parse_syslog

@@ -3,7 +3,7 @@ from collections import defaultdict, deque
 
 from bansink.actions.dryrun import DryRunBackend
 from bansink.config import parse_config
-from bansink.daemon import build_pipeline
+from bansink.jails import build_pipeline
 from bansink.enforcer import Enforcer
 from bansink.hub import Hub
 from bansink.replay import replay

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import calendar
 import re
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -378,4 +377,4 @@ def _from_groups(groups: Mapping[str, str | None], now: float) -> float | None:
         result = result.replace(year=year - 1)
     if zone is not None:
         return float(calendar.timegm(result.timetuple()))
-    return time.mktime(result.timetuple())
+    return result.timestamp()  # naive: local time, as the line's writer meant it

@@ -87,6 +87,8 @@ class Filter:
     ignoreregex: tuple[re.Pattern[str], ...] = ()
     prefregex: re.Pattern[str] | None = None
     dates: tuple[DateTemplate, ...] = ()
+    datepattern: str | None = None
+    """As the filter file gives it (None: fail2ban's default detection)."""
     notes: tuple[str, ...] = ()
     """What the operator should know about this filter (said once, at load)."""
     metadata: Mapping[str, str] = field(default_factory=dict)
@@ -203,8 +205,8 @@ def _compile(options: FilterOptions, label: str) -> Filter:
                 f"$ after it, so text an attacker types (a user name containing "
                 f"'from 198.51.100.9') can choose the address; anchor the line's end after "
                 f"<HOST> or replace .* with a precise class such as \\S+ or [^)]*")
-    return Filter(label, failregex, ignoreregex, prefregex, dates, tuple(notes),
-                  options.metadata)
+    return Filter(label, failregex, ignoreregex, prefregex, dates, options.datepattern,
+                  tuple(notes), options.metadata)
 
 
 def load_filter(spec: str, folders: Sequence[Path] = ()) -> Filter:
