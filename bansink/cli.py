@@ -1,20 +1,25 @@
-"""`bansink run | check-config | nft remove`."""
+"""`bansink run | check-config | test | nft remove`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 
 from bansink.actions.backend import BackendUnavailable, BanBackend
 from bansink.actions.dryrun import DryRunBackend
 from bansink.actions.nftables import NftablesError, NftablesSet
+from bansink.engine.filters.filter import FilterError
+from bansink.engine.sources import Source, builtin_filter_sources, builtin_sources, filter_source
 
 from .config import DEFAULT_PATH, Config, ConfigError, load_config
 from .daemon import ListenError, serve
 from .jails import jails_and_sources
 from .logs import configure_logging
+from .logtest import Tally, replay, report, scan
 from .store.journal import JournalError
 
 
@@ -71,6 +76,53 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _test(args: argparse.Namespace) -> int:
+    """Match a log file like fail2ban-regex; with --jail, replay it through the jail."""
+    now = time.time()
+    if args.now:
+        try:
+            now = datetime.fromisoformat(args.now).timestamp()
+        except ValueError:
+            return _fail(f"--now {args.now!r}: expected an ISO date such as 2005-08-14", 2)
+    config = _config(args.config) if args.jail or args.config else Config()
+    folders = [*args.filter_path, *(Path(f) for f in config.engine.filter_paths)]
+    sources: list[Source] = []
+    known = builtin_sources()
+    for name in args.source:
+        if name not in known:
+            return _fail(f"--source {name!r}: unknown (built in: {', '.join(sorted(known))})", 2)
+        sources.append(known[name])
+    for spec in args.filter:
+        try:
+            loaded = filter_source(spec, folders)
+        except FilterError as exc:
+            return _fail(str(exc), 2)
+        for note in loaded.filter.notes:
+            print(f"note: {note}", file=sys.stderr)
+        sources.append(loaded)
+    settings = None
+    if args.jail:
+        jails, jail_sources = jails_and_sources(config)
+        chosen = next((jail for jail in jails if jail.settings.name == args.jail), None)
+        if chosen is None:
+            return _fail(f"--jail {args.jail!r}: not in the config (jails: "
+                         f"{', '.join(j.settings.name for j in jails)})", 2)
+        settings = chosen.settings
+        if not sources:
+            sources = [jail_sources[name] for name in chosen.sources]
+    if not sources:
+        sources = list(builtin_filter_sources().values())
+    tally = Tally()
+    try:
+        with open(args.log, encoding="utf-8", errors="surrogateescape") as lines:
+            found = list(scan(lines, sources, now, tally, keep_missed=args.missed))
+    except OSError as exc:
+        return _fail(f"{args.log}: {exc.strerror or exc}")
+    bans = list(replay(found, settings, now)) if settings is not None else None
+    report(found, tally, bans, as_json=args.json)
+    return 0
+
+
 def _nft_remove(args: argparse.Namespace) -> int:
     backend = nftables_backend(_config(args.config))
     name = f"{backend.family} {backend.table}"
@@ -88,6 +140,21 @@ def parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("path", type=Path)
     check.set_defaults(func=_check_config)
+    test = sub.add_parser("test", help="match a log file like fail2ban-regex; with --jail, "
+                                       "who would have been banned and when")
+    test.add_argument("log", type=Path, help="a log file, or syslog messages one per line")
+    test.add_argument("--source", action="append", default=[],
+                      help="a built-in source (repeatable); default: all of them")
+    test.add_argument("--filter", action="append", default=[],
+                      help="a fail2ban filter, NAME[mode=...] or a path (repeatable)")
+    test.add_argument("--filter-path", action="append", default=[], type=Path,
+                      help="look filters up here first (then engine.filter_paths)")
+    test.add_argument("--jail", help="replay through this jail of the config")
+    test.add_argument("--config", type=Path, help=f"config file (default {DEFAULT_PATH})")
+    test.add_argument("--now", help="ISO date: the year of lines without one (default: today)")
+    test.add_argument("--missed", action="store_true", help="list the lines nothing matched")
+    test.add_argument("--json", action="store_true", help="JSON Lines, one object per failure")
+    test.set_defaults(func=_test)
     nft = sub.add_parser("nft", help="manage bansink's nftables table")
     nft_sub = nft.add_subparsers(dest="nft_command", required=True)
     remove = nft_sub.add_parser("remove", help="delete bansink's own table and its bans")
