@@ -1,0 +1,173 @@
+"""Reading and matching fail2ban filter files: includes, interpolation, modes, tags, dates,
+what is refused, and the warnings an operator gets."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from bansink.engine.filters.conf import parse_spec
+from bansink.engine.filters.dates import find_date, templates
+from bansink.engine.filters.filter import (
+    Failure,
+    FilterError,
+    Ignored,
+    Missed,
+    NoFailure,
+    filter_from_file,
+    greedy_host,
+    load_filter,
+)
+
+NOW = 1124013600.0  # 2005-08-14 10:00 UTC
+
+
+@pytest.fixture(autouse=True)
+def utc():
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "UTC"
+    time.tzset()
+    yield
+    if old is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = old
+    time.tzset()
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+COMMON = """
+[DEFAULT]
+_daemon = \\S*
+__prefix_line = \\s*\\S+ <_daemon>(?:\\[\\d+\\])?:\\s+
+[Definition]
+prefix_note = from common
+"""
+
+APP = """
+[INCLUDES]
+before = common.conf
+after = app.local
+[Definition]
+_daemon = app
+prefix_note = %(known/prefix_note)s, then app
+prefregex = ^%(__prefix_line)s<F-CONTENT>.+</F-CONTENT>$
+mdre-normal = ^login failed for <F-USER>\\S+</F-USER> from <HOST>$
+mdre-aggressive = %(mdre-normal)s
+                  ^probe from <ADDR>$
+failregex = <mdre-<mode>>
+ignoreregex = ^login failed for \\S+ from 192\\.0\\.2\\.250$
+mode = normal
+[Init]
+journalmatch = _SYSTEMD_UNIT=app.service
+"""
+
+
+def test_includes_interpolation_and_modes_resolve_as_fail2ban_does(tmp_path):
+    write(tmp_path, "common.conf", COMMON)
+    path = write(tmp_path, "app.conf", APP)
+    line = "Aug 14 09:00:00 host app[12]: login failed for alice from 192.0.2.7"
+    normal = load_filter("app", [tmp_path])
+    assert normal.match(line, NOW) == Failure("192.0.2.7", False, "alice", 1124010000.0, 0)
+    assert isinstance(normal.match("Aug 14 09:00:00 host app: probe from 192.0.2.8", NOW),
+                      Missed)
+    aggressive = load_filter(f"{path}[mode=aggressive]")
+    probe = aggressive.match("Aug 14 09:00:00 host app: probe from 192.0.2.8", NOW)
+    assert isinstance(probe, Failure) and (probe.host, probe.regex) == ("192.0.2.8", 1)
+    assert aggressive.name == "app[mode=aggressive]"
+    # another daemon's line does not pass the prefix; the ignoreregex wins over a failregex
+    assert isinstance(normal.match(line.replace("app[12]", "other[12]"), NOW), Missed)
+    assert isinstance(normal.match(line.replace("192.0.2.7", "192.0.2.250"), NOW), Ignored)
+    assert any("journalmatch" in note for note in normal.notes)
+
+
+def test_a_local_file_overrides_and_known_reaches_the_value_it_replaced(tmp_path):
+    write(tmp_path, "common.conf", COMMON)
+    write(tmp_path, "app.conf", APP)
+    write(tmp_path, "app.local", "[Definition]\nmode = aggressive\n")
+    flt = load_filter("app", [tmp_path])
+    assert len(flt.failregex) == 2
+
+
+def test_spec_options_parse_with_quotes_and_commas():
+    assert parse_spec('postfix[mode=aggressive, note="a, b"]') == (
+        "postfix", {"mode": "aggressive", "note": "a, b"})
+    with pytest.raises(ValueError, match="expected NAME"):
+        parse_spec("a[b]c")
+
+
+@pytest.mark.parametrize("body, reason", [
+    ("failregex = ^x <HOST>$\nmaxlines = 3", "maxlines = 3"),
+    ("failregex = ^x <HOST><SKIPLINES>y$", "<SKIPLINES>"),
+    ("failregex = ^no host here$", "has no <HOST>"),
+    ("failregex = ^(unclosed <HOST>$", "missing ), unterminated subpattern"),
+    ("failregex =", "no failregex"),
+])
+def test_what_bansink_cannot_do_is_refused_with_the_reason(tmp_path, body, reason):
+    path = write(tmp_path, "x.conf", f"[Definition]\n{body}\n")
+    with pytest.raises(FilterError, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        filter_from_file(path)
+
+
+def test_a_missing_filter_says_where_it_looked(tmp_path):
+    with pytest.raises(FilterError, match=f"not found \\(looked in {tmp_path}\\)"):
+        load_filter("nope", [tmp_path])
+
+
+def test_no_fail_lines_and_host_names_are_not_bans(tmp_path):
+    path = write(tmp_path, "x.conf", "[Definition]\ndatepattern = {NONE}\nfailregex = "
+                 "^<F-NOFAIL>ok</F-NOFAIL> from <HOST>$\n            ^bad from <HOST>$\n")
+    flt = filter_from_file(path)
+    assert isinstance(flt.match("ok from 192.0.2.1", NOW), NoFailure)
+    named = flt.match("bad from mail.example.org", NOW)
+    assert isinstance(named, Failure) and named.is_name and named.host == "mail.example.org"
+    assert flt.match("bad from [2001:db8::1]", NOW) == Failure("2001:db8::1", False, None,
+                                                               None, 1)
+
+
+@pytest.mark.parametrize("regex, greedy", [
+    (r"^Failed login for .* from <HOST>", True),
+    (r"^Failed login for .* from <HOST> in session \S+$", False),
+    (r"^Failed login for \S+ from <HOST>", False),
+    (r"^Failed .+ from <HOST>.*$", True),
+    (r"^Failed .*? from <HOST>", False),
+])
+def test_greedy_regexes_before_the_host_are_named(regex, greedy):
+    assert greedy_host(regex) is greedy
+
+
+def test_a_greedy_filter_loads_with_a_warning_saying_how_to_fix_it(tmp_path):
+    path = write(tmp_path, "x.conf", "[Definition]\nfailregex = ^Failed for .* from <HOST>\n")
+    (note,) = filter_from_file(path).notes
+    assert "anchor the line's end" in note and "from 198.51.100.9" in note
+
+
+@pytest.mark.parametrize("pattern, line, expected", [
+    ("%d/%b/%Y %H:%M:%S", "[17/Jun/2011 17:00:45] SMTP spam", 1308330045.0),
+    ("{^LN-BEG}TAI64N", "@400000004c8d2d9e2d6fd3b4 x", 1284320670.0),
+    ("EPOCH", "1124013600.500 x", 1124013600.5),
+    ("LEPOCH", "1124013600500 x", 1124013600.5),
+    ("^%Y-%m-%dT%H:%M:%S%z", "2005-08-13T15:45:46+02:00 x", 1123940746.0),
+    (None, "Aug 13 15:45:46 host x", 1123947946.0),  # no year: the year of NOW
+    (None, "Dec 31 23:00:00 host x", 1104534000.0),  # would be in the future: last year
+])
+def test_a_line_carries_its_own_time(pattern, line, expected):
+    found = templates(pattern)
+    match, template = find_date(line, found)
+    assert template.read(match, NOW) == expected
+
+
+def test_the_date_is_cut_out_before_the_failregex_sees_the_line(tmp_path):
+    path = write(tmp_path, "x.conf", "[Definition]\ndatepattern = ^\\[%d/%b/%Y %H:%M:%S\\]\n"
+                 "failregex = ^ SMTP Spam attack detected from <HOST>,\n")
+    flt = filter_from_file(path)
+    found = flt.match("[17/Jun/2011 17:00:45] SMTP Spam attack detected from 192.0.2.3, x", NOW)
+    assert isinstance(found, Failure) and found.host == "192.0.2.3"
