@@ -180,3 +180,48 @@ def test_a_pipeline_that_cannot_work_is_refused(jails, error):
 def test_a_jail_without_sources_is_refused():
     with pytest.raises(ValueError, match="at least one source"):
         JailSpec(settings("a"), ())
+
+
+# Sources chosen by the message's syslog tag: a counting source shows who was asked.
+class Tagged:
+    def __init__(self, tags: frozenset[str] | None) -> None:
+        self.tags = tags
+        self.asked = 0
+
+    def __call__(self, message: SyslogMessage) -> SecurityEvent | NotMatched | MalformedEvent:
+        self.asked += 1
+        return other_app(message)
+
+
+def test_a_tagged_source_is_asked_only_about_messages_with_its_tags():
+    dovecot, anything = Tagged(frozenset({"dovecot", "imap-login"})), Tagged(None)
+    p = SecurityPipeline([JailSpec(settings("mail", maxretry=5), ("dovecot", "anything"))],
+                         PROTECTIONS, sources={"dovecot": dovecot, "anything": anything})
+    handle(p, b"<38>Aug 22 10:00:00 mail cron: hello")
+    assert (dovecot.asked, anything.asked) == (0, 1)
+    handle(p, b"<38>Aug 22 10:00:00 mail imap-login: Auth failed for 203.0.113.7")
+    assert (dovecot.asked, anything.asked) == (1, 1)  # the tagged source decided first
+
+
+def test_a_jail_s_tags_replace_those_of_its_sources():
+    dovecot = Tagged(frozenset({"dovecot"}))
+    p = SecurityPipeline([JailSpec(settings("mail"), ("dovecot",), frozenset({"mailhost"}))],
+                         PROTECTIONS, sources={"dovecot": dovecot})
+    assert isinstance(handle(p, b"<38>Aug 22 10:00:00 h dovecot: Auth failed for 203.0.113.7"),
+                      NotMatched)
+    outcome = handle(p, b"<38>Aug 22 10:00:00 h mailhost: Auth failed for 203.0.113.7")
+    assert isinstance(outcome, Counted) and dovecot.asked == 1
+
+
+def test_a_jail_s_own_ignoreip_keeps_only_that_jail_from_counting():
+    spare = NetworkSet(["203.0.113.0/24"])
+    alone = SecurityPipeline([JailSpec(settings("mail"), ("other",), None, spare)], PROTECTIONS,
+                             sources=SOURCES)
+    ignored = handle(alone, OTHER)
+    assert isinstance(ignored, Ignored) and ignored.reason == "ignoreip"
+    two = SecurityPipeline([JailSpec(settings("mail"), ("other",), None, spare),
+                            JailSpec(settings("all", maxretry=1), ("other",))], PROTECTIONS,
+                           sources=SOURCES)
+    banned = handle(two, OTHER)
+    assert isinstance(banned, Banned) and [b.jail for b in banned.bans] == ["all"]
+    assert two.jails[0].tracked == 0
