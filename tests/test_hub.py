@@ -3,8 +3,8 @@
 import asyncio
 
 from bansink.config import parse_config
-from bansink.jails import build_pipeline
 from bansink.hub import Hub, digest_of
+from bansink.jails import build_pipeline
 from bansink.receiver.intake import Dropped
 from bansink.receiver.syslog import parse_syslog
 from bansink.resends import ResendGuard

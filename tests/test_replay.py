@@ -3,9 +3,9 @@ from collections import defaultdict, deque
 
 from bansink.actions.dryrun import DryRunBackend
 from bansink.config import parse_config
-from bansink.jails import build_pipeline
 from bansink.enforcer import Enforcer
 from bansink.hub import Hub
+from bansink.jails import build_pipeline
 from bansink.replay import replay
 from bansink.resends import ResendGuard
 from bansink.store.journal import JournalRow
