@@ -135,12 +135,13 @@ def judge(flt: Filter, line: Line, now: float, journal: bool) -> Verdict:
     return Verdict(line, True, by_design=result.is_name)
 
 
-def check_samples(name: str, filters: Path, logs: Path, now: float = TEST_NOW) -> Report:
+def check_samples(name: str, filters: Path, logs: Path, now: float = TEST_NOW,
+                  suffix: str = "") -> Report:
     """Every sample line of `logs/name` (and the files it adds) through bansink's reading of
     `filters/name.conf`, variant by variant."""
     report = Report(name)
     cache: dict[str, Filter] = {}
-    files, position = [name], 0
+    files, position = [name + suffix], 0
     variants: list[tuple[str, dict[str, object]]] = [(name, {})]
     common: dict[str, object] = {}
     skip_block = False

@@ -1,0 +1,57 @@
+"""`bansink test`: fail2ban-regex's summary, JSON Lines, and a jail replayed by the log's own
+times, run as the real command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SEED = Path(__file__).parent / "engine" / "sources" / "james-seed.log"
+
+
+def bansink(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bansink.cli", "test", *map(str, args)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_the_james_seed_lines_all_match_as_the_document_says():
+    done = bansink(SEED, "--source", "james")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "Lines: 8 lines, 0 ignored, 8 matched, 0 missed"
+    assert "2  45.129.14.40" in done.stdout
+
+
+def test_json_lines_give_one_object_per_failure_then_the_summary(tmp_path: Path):
+    log = tmp_path / "mail.log"
+    log.write_text(
+        "Aug 13 15:45:46 mx postfix/smtpd[1]: warning: unknown[192.0.2.1]: SASL LOGIN "
+        "authentication failed: UGFzc3dvcmQ6\n"
+        "Aug 13 15:45:47 mx postfix/smtpd[1]: connect from unknown[192.0.2.1]\n")
+    done = bansink(log, "--source", "postfix-sasl", "--json", "--now", "2005-08-14")
+    assert done.returncode == 0, done.stderr
+    first, summary = (json.loads(line) for line in done.stdout.splitlines())
+    assert {k: first[k] for k in ("lineno", "match", "ip", "filter")} == {
+        "lineno": 1, "match": True, "ip": "192.0.2.1", "filter": "postfix-sasl"}
+    assert first["time"].startswith("2005-08-13T15:45:46")
+    assert summary == {"summary": {"lines": 2, "matched": 1, "ignored": 0, "missed": 1}}
+
+
+def test_a_jail_replays_the_log_by_its_own_times(tmp_path: Path):
+    config = tmp_path / "bansink.toml"
+    config.write_text('[journal]\npath = ""\n[jails.james]\nsources = ["james"]\n'
+                      'maxretry = 2\nfindtime = "20m"\nbantime = "2h"\n')
+    done = bansink(SEED, "--jail", "james", "--config", config, "--json")
+    assert done.returncode == 0, done.stderr
+    bans = [json.loads(line)["ban"] for line in done.stdout.splitlines() if '"ban"' in line]
+    assert sorted(ban["ip"] for ban in bans) == ["45.129.14.30", "45.129.14.31",
+                                                 "45.129.14.40", "45.129.14.41"]
+    by_ip = {ban["ip"]: ban for ban in bans}
+    assert by_ip["45.129.14.30"]["time"].startswith("2023-06-17T")  # the second failure's time
+    assert by_ip["45.129.14.30"]["failures"] == 2
+
+
+def test_an_unknown_source_is_a_usage_error():
+    done = bansink(SEED, "--source", "nope")
+    assert done.returncode == 2 and "unknown" in done.stderr
