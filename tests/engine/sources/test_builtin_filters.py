@@ -7,11 +7,12 @@ import ipaddress
 from pathlib import Path
 
 import pytest
-from filter_samples import check_samples, clock
 
 from bansink.engine.events import SecurityEvent
 from bansink.engine.sources import BUILTIN_FILTERS, builtin_filter_sources
 from bansink.receiver.syslog import SyslogMessage, parse_syslog
+
+from filter_samples import check_samples, clock
 
 SAMPLES = Path(__file__).with_name("samples")
 NAMES = sorted(builtin_filter_sources())
