@@ -65,6 +65,9 @@ class Line:
     expected: dict[str, object]
     variant: str
     """The filter variant, e.g. `postfix[mode=auth]`."""
+    prefix: str | None = None
+    """For journal variants: the prefix fail2ban's test puts before the line (the journal
+    gives the time, so the line has no date); None for file lines."""
 
 
 @dataclass
@@ -111,10 +114,10 @@ def _expected_time(text: str) -> float:
     raise ValueError(f"failJSON time {text!r}")
 
 
-def judge(flt: Filter, line: Line, now: float, journal: bool) -> Verdict:
-    if journal:  # the journal gives the time; fail2ban's test prefixes the line
-        prefix = str(line.expected.get("__prefix", ""))
-        result = flt.match_text(prefix + line.text, now)
+def judge(flt: Filter, line: Line, now: float) -> Verdict:
+    journal = line.prefix is not None
+    if line.prefix is not None:
+        result = flt.match_text(line.prefix + line.text, now)
     else:
         result = flt.match(line.text, now)
     expected = line.expected
@@ -189,13 +192,11 @@ def check_samples(name: str, filters: Path, logs: Path, now: float = TEST_NOW,
                     except FilterError as exc:
                         report.refused = str(exc)
                         return report
-                journal = options.get("logtype") == "journal"
-                shown = dict(expected)
-                if journal:
-                    shown["__prefix"] = options.get("test.prefix-line", "")
+                prefix = str(options.get("test.prefix-line", "")) \
+                    if options.get("logtype") == "journal" else None
                 report.verdicts.append(judge(cache[label], Line(
-                    files[position - 1], lineno, text.rstrip("\r\n"), shown, label), now,
-                    journal))
+                    files[position - 1], lineno, text.rstrip("\r\n"), expected, label, prefix),
+                    now))
     return report
 
 

@@ -101,13 +101,16 @@ def _with_local(path: Path) -> list[Path]:
     return [path, local] if local != path and local.is_file() else [path]
 
 
-def _files_in_order(path: Path, seen: tuple[Path, ...] = ()) -> list[Path]:
-    """The file with its includes (and .local files) in reading order."""
-    ordered: list[Path] = []
+Parsed = tuple[Path, configparser.RawConfigParser]
+
+
+def _files_in_order(path: Path, seen: tuple[Path, ...] = ()) -> list[Parsed]:
+    """The file with its includes (and .local files) in reading order, each parsed once."""
+    ordered: list[Parsed] = []
     for one in _with_local(path):
         parser = _read_one(one)
-        before: list[Path] = []
-        after: list[Path] = []
+        before: list[Parsed] = []
+        after: list[Parsed] = []
         if parser.has_section("INCLUDES"):
             for key, into in (("before", before), ("after", after)):
                 for line in parser.get("INCLUDES", key, fallback="").splitlines():
@@ -121,19 +124,18 @@ def _files_in_order(path: Path, seen: tuple[Path, ...] = ()) -> list[Path]:
                                 continue  # optional by convention (common.local)
                             raise FilterFileError(f"{one}: included file {target} not found")
                         into.extend(_files_in_order(target, (*seen, one)))
-        ordered += [*before, one, *after]
+        ordered += [*before, (one, parser), *after]
     return ordered
 
 
 class _Merged:
     """The merged sections of all files, with fail2ban's lookups."""
 
-    def __init__(self, files: list[Path]) -> None:
+    def __init__(self, files: list[Parsed]) -> None:
         self.defaults: dict[str, str] = {}
         self.sections: dict[str, dict[str, str]] = {}
         self.known: dict[str, dict[str, str]] = {}
-        for path in files:
-            parser = _read_one(path)
+        for _, parser in files:
             self.defaults.update(parser.defaults())
             for section in parser.sections():
                 own = {key: parser.get(section, key) for key in parser.options(section)
@@ -244,7 +246,7 @@ def read_filter(path: Path, given: Mapping[str, str] | None = None) -> FilterOpt
     journalmatch = resolver.option("journalmatch")
     return FilterOptions(
         name=path.stem,
-        files=tuple(files),
+        files=tuple(path for path, _ in files),
         failregex=failregex,
         ignoreregex=_lines(resolver.option("ignoreregex")),
         prefregex=prefregex.strip() if prefregex and prefregex.strip() else None,

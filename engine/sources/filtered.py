@@ -50,13 +50,11 @@ class FilterSource:
         flt = self.filter
         if self.line == "message":
             result = flt.match(message.msg, message.received_at)
-            text = message.msg
         elif flt.datepattern in _DATES_CUT_FIRST:
-            text = syslog_line(message)
-            result = flt.match_text(text)
+            result = flt.match_text(syslog_line(message))
         else:
-            text = f"{message.timestamp or ''}{syslog_line(message)}"
-            result = flt.match(text, message.received_at)
+            result = flt.match(f"{message.timestamp or ''}{syslog_line(message)}",
+                               message.received_at)
         if not isinstance(result, Failure):
             return NOT_MATCHED
         return SecurityEvent(EventKind.LOGIN_FAILED, self.name, (result.host,), result.user,
