@@ -19,6 +19,17 @@ def take(guard: ResendGuard, session: int, digests: list[bytes]) -> list[bool]:
     return found
 
 
+def broken_session(digests: list[bytes], window: int = 128, horizon: float = 600
+                   ) -> ResendGuard:
+    """A guard whose session 1 took `digests` and broke at 1.0; session 2 opened at 2.0."""
+    guard = ResendGuard(window=window, horizon=horizon)
+    guard.session_started(1, S, 0.0)
+    take(guard, 1, digests)
+    guard.session_ended(1, S, clean=False, now=1.0)
+    guard.session_started(2, S, 2.0)
+    return guard
+
+
 def test_identical_frames_in_a_healthy_session_all_count():
     guard = ResendGuard(window=128, horizon=600)
     guard.session_started(1, S, 0.0)
@@ -29,11 +40,7 @@ def test_identical_frames_in_a_healthy_session_all_count():
 
 
 def test_after_a_break_the_next_session_s_first_frames_that_were_taken_are_resends():
-    guard = ResendGuard(window=128, horizon=600)
-    guard.session_started(1, S, 0.0)
-    take(guard, 1, [b"a", b"b", b"c"])
-    guard.session_ended(1, S, clean=False, now=1.0)
-    guard.session_started(2, S, 2.0)
+    guard = broken_session([b"a", b"b", b"c"], window=128, horizon=600)
     # librelp resends b and c (a's ack arrived), then d it never got through, then new ones
     assert take(guard, 2, [b"b", b"c", b"d", b"b", b"c"]) == [True, True, False, False, False]
 
@@ -49,22 +56,14 @@ def test_genuine_repeats_after_the_resends_count():
 
 
 def test_frames_that_count_toward_nothing_do_not_end_the_resends():
-    guard = ResendGuard(window=128, horizon=600)
-    guard.session_started(1, S, 0.0)
-    take(guard, 1, [b"a"])
-    guard.session_ended(1, S, clean=False, now=1.0)
-    guard.session_started(2, S, 2.0)
+    guard = broken_session([b"a"], window=128, horizon=600)
     assert not guard.is_resend(2, b"cron line")
     guard.took(2, b"cron line", counted=False)
     assert guard.is_resend(2, b"a")
 
 
 def test_only_the_window_and_the_horizon_are_remembered():
-    guard = ResendGuard(window=2, horizon=60)
-    guard.session_started(1, S, 0.0)
-    take(guard, 1, [b"a", b"b", b"c"])
-    guard.session_ended(1, S, clean=False, now=1.0)
-    guard.session_started(2, S, 2.0)
+    guard = broken_session([b"a", b"b", b"c"], window=2, horizon=60)
     assert take(guard, 2, [b"a"]) == [False]  # older than the last 2 frames
     guard.session_ended(2, S, clean=False, now=3.0)
     guard.session_started(3, S, 100.0)  # past the horizon
