@@ -14,7 +14,7 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from ipaddress import ip_address
 from typing import TextIO
@@ -48,7 +48,7 @@ class Tally:
 def _event(source: Source, message: SyslogMessage) -> Found | None:
     event = source(message)
     if isinstance(event, SecurityEvent):
-        return Found(0, event.client_chain[-1], event.user, None, _name(source))
+        return Found(0, event.client_chain[-1], event.user, None, _name(source))  # lineno: scan
     return None
 
 
@@ -84,7 +84,7 @@ def scan(lines: Iterable[str], sources: Sequence[Source], now: float,
                 found = Found(lineno, result.host, result.user, result.time, _name(source))
                 break
             if isinstance(result, Found):
-                found = Found(lineno, result.host, result.user, None, result.source)
+                found = replace(result, lineno=lineno)
                 break
             ignored = ignored or isinstance(result, Ignored)
         if found is not None:
