@@ -7,6 +7,8 @@ from typing import Protocol
 
 from bansink.engine.decisions import Ban, Target
 
+from .layout import Layout
+
 
 @dataclass(frozen=True, slots=True)
 class CommitResult:
@@ -32,13 +34,16 @@ class BanBackend(Protocol):
     def setup(self) -> None:
         """Create what enforcement needs; raise BackendUnavailable with advice if impossible."""
 
+    def configure(self, layout: Layout) -> None:
+        """Take another layout (jails and their ports, rate limits) for the next setup()."""
+
     def add(self, ban: Ban) -> None:
         """Queue a ban for the next commit (cheap, no I/O)."""
 
-    def delete(self, target: Target) -> None:
-        """Queue the end of a ban for the next commit (cheap, no I/O). Deleting a target that
-        is not banned is not an error. Of an add and a delete of the same target queued for one
-        commit, the later one wins."""
+    def delete(self, target: Target, jail: str | None = None) -> None:
+        """Queue the end of `jail`'s ban of `target` (None: every jail's) for the next commit
+        (cheap, no I/O). Deleting a target that is not banned is not an error. Of an add and a
+        delete of the same target queued for one commit, the later one wins."""
 
     def commit(self) -> CommitResult:
         """Apply every queued ban and deletion in one transaction (blocking: a few elements take

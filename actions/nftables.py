@@ -1,12 +1,15 @@
 """Bans as elements of nftables sets with per-element timeouts, via libnftables' JSON API.
 
-bansink owns one table (default `inet bansink`) holding two sets, `ban4` and `ban6`
-(`flags timeout`), and one chain on the input hook that drops packets from their members, with
-counters. Not `flags interval`: with nft 1.0.6 (Debian 12) every change to an interval set costs
-time in proportion to the whole set (adding 20 elements to a 50,000-element set: 0.25 s, against
-1 ms without `interval`), and deleting is quadratic (a re-ban of 4,000 addresses: over 30 s,
-against 95 ms). Prefix bans, when they come, belong in a small interval set of their own. Never
-auto-merge, which corrupts sets with timeouts. The kernel expires each
+bansink owns one table (default `inet bansink`) holding a pair of sets (`flags timeout`) per
+jail, `ban4_JAIL` and `ban6_JAIL` (or one shared pair `ban4`/`ban6` for an old single-jail
+config; actions/layout.py says why), and one chain on the input hook that drops packets from
+their members (to the jail's ports, or all), with counters, followed by the connection rate
+limits (actions/ratelimit.py). Sets in the table that the config no longer asks for are removed
+(their bans end with them). Not `flags interval`: with nft 1.0.6 (Debian 12) every change to an
+interval set costs time in proportion to the whole set (adding 20 elements to a 50,000-element
+set: 0.25 s, against 1 ms without `interval`), and deleting is quadratic (a re-ban of 4,000
+addresses: over 30 s, against 95 ms). Prefix bans, when they come, belong in a small interval
+set of their own. Never auto-merge, which corrupts sets with timeouts. The kernel expires each
 element on time, even while bansink is stopped, so there is no unban scheduler.
 
 A (re-)ban is `add` + `delete` + `add` of the element in one transaction: the first add makes the
@@ -53,6 +56,9 @@ from bansink.engine.addresses import IPAddress
 from bansink.engine.decisions import Ban, Target
 
 from .backend import BackendUnavailable, CommitResult
+from .layout import JailScope, Layout
+from .nftjson import match, one_or_set, port_values
+from .ratelimit import SET_PREFIX, ratelimit_sets_and_rules
 
 _INSTALL_HINT = (
     "install Debian's nftables bindings (apt-get install nftables python3-nftables) and run "
@@ -90,14 +96,6 @@ _REJECT = {
 }
 
 
-def _match(left: dict[str, Any], right: Any, op: str = "==") -> dict[str, Any]:
-    return {"match": {"op": op, "left": left, "right": right}}
-
-
-def _one_or_set(values: Sequence[Any]) -> Any:
-    return values[0] if len(values) == 1 else {"set": list(values)}
-
-
 @dataclass(frozen=True, slots=True)
 class _Chain:
     """A base chain bansink wants, with its rules (each carrying the digest comment)."""
@@ -131,19 +129,21 @@ class NftablesSet:
         set6: str = "ban6",
         chain: str = "input",
         priority: int = -10,
-        ports: Sequence[int] = (),
+        layout: Layout | None = None,
         local_ports: Sequence[tuple[str, int]] = (),
         local_uids: Sequence[int] | None = None,
         local_chain: str = "local_senders",
         local_priority: int = -10,
     ) -> None:
-        """`local_ports` (("udp" | "tcp", port) pairs bansink listens on) and `local_uids`
+        """`layout`: the set pair per jail with its ports, and the rate limits.
+
+        `local_ports` (("udp" | "tcp", port) pairs bansink listens on) and `local_uids`
         together turn on the local-senders guard: only sockets owned by those uids may send to
         those ports over loopback. Without either, the guard chain is absent (and removed)."""
         self.family, self.table, self.chain = family, table, chain
         self.set4, self.set6 = set4, set6
         self.priority = priority
-        self.ports = tuple(sorted(set(ports)))
+        self.layout = layout or Layout()
         self.local_ports = tuple(sorted({(proto, int(port)) for proto, port in local_ports}))
         for proto, port in self.local_ports:
             if proto not in LOCAL_PROTOCOLS or not 0 < port < 65536:
@@ -154,9 +154,36 @@ class NftablesSet:
                              "as (0 for root), or None to turn the guard off")
         self.local_chain, self.local_priority = local_chain, local_priority
         self._nft: Any = None
-        self._pending: dict[str, tuple[Target, Ban | None]] = {}
-        """str(target) -> (target, its ban or None for a deletion); the latest request wins"""
+        self._pending: dict[tuple[str, str], tuple[JailScope | None, Target, Ban | None]] = {}
+        """(scope name, str(target)) -> (the jail's scope, target, its ban or None for a
+        deletion); the latest request for one set wins. The scope is None for a ban of a jail
+        the layout lacks (keyed by the jail's name)."""
         self._lock = threading.RLock()  # one libnftables context: one call at a time
+
+    def configure(self, layout: Layout) -> None:
+        """Take another layout (a reload); the next setup() applies it to the table."""
+        with self._lock:
+            self.layout = layout
+
+    def sets_of(self, scope: JailScope) -> tuple[str, str]:
+        """The IPv4 and IPv6 set names of a jail's scope (the shared pair for the unnamed)."""
+        if not scope.name:
+            return self.set4, self.set6
+        return f"{self.set4}_{scope.name}", f"{self.set6}_{scope.name}"
+
+    def _scopes(self) -> tuple[JailScope, ...]:
+        return self.layout.jails or (JailScope("", self.layout.ports),)
+
+    def _ban_sets(self) -> list[tuple[str, str]]:
+        """(name, type) of every ban set the layout asks for."""
+        return [pair for scope in self._scopes()
+                for pair in zip(self.sets_of(scope), ("ipv4_addr", "ipv6_addr"), strict=True)]
+
+    def _ratelimits(self) -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]]]:
+        exempt = self.layout.exempt
+        return ratelimit_sets_and_rules(
+            self.family, self.table, self.chain, self.layout.ratelimits,
+            [net for net in exempt if ":" not in net], [net for net in exempt if ":" in net])
 
     @property
     def guarded(self) -> bool:
@@ -193,18 +220,21 @@ class NftablesSet:
                      for expr in rules)
 
     def _input_rules(self) -> list[list[dict[str, Any]]]:
+        """Per jail, a drop rule for each of its sets (to its ports, or all traffic); then the
+        rate limits."""
         rules = []
-        for proto, name in (("ip", self.set4), ("ip6", self.set6)):
-            expr = [_match({"payload": {"protocol": proto, "field": "saddr"}}, f"@{name}")]
-            if self.ports:
-                expr += [
-                    _match({"meta": {"key": "l4proto"}}, {"set": ["tcp", "udp"]}),
-                    _match({"payload": {"protocol": "th", "field": "dport"}},
-                           {"set": list(self.ports)}),
-                ]
-            expr += [{"counter": None}, {"drop": None}]
-            rules.append(expr)
-        return rules
+        for scope in self._scopes():
+            for proto, name in zip(("ip", "ip6"), self.sets_of(scope), strict=True):
+                expr = [match({"payload": {"protocol": proto, "field": "saddr"}}, f"@{name}")]
+                if scope.ports:
+                    expr += [
+                        match({"meta": {"key": "l4proto"}}, {"set": ["tcp", "udp"]}),
+                        match({"payload": {"protocol": "th", "field": "dport"}},
+                              one_or_set(port_values(scope.ports))),
+                    ]
+                expr += [{"counter": None}, {"drop": None}]
+                rules.append(expr)
+        return rules + self._ratelimits()[1]
 
     def _guard_rules(self) -> list[list[dict[str, Any]]]:
         """One rule per protocol: out through lo, to our port, from a socket of another uid."""
@@ -214,9 +244,9 @@ class NftablesSet:
             ports = [port for p, port in self.local_ports if p == proto]
             if ports:
                 rules.append([
-                    _match({"meta": {"key": "oifname"}}, "lo"),
-                    _match({"payload": {"protocol": proto, "field": "dport"}}, _one_or_set(ports)),
-                    _match({"meta": {"key": "skuid"}}, _one_or_set(self.local_uids), op="!="),
+                    match({"meta": {"key": "oifname"}}, "lo"),
+                    match({"payload": {"protocol": proto, "field": "dport"}}, one_or_set(ports)),
+                    match({"meta": {"key": "skuid"}}, one_or_set(self.local_uids), op="!="),
                     {"counter": None},
                     _REJECT[proto],
                 ])
@@ -272,10 +302,12 @@ class NftablesSet:
 
     def _setup_commands(self, have: _Inventory) -> list[dict[str, Any]]:
         commands: list[dict[str, Any]] = [{"add": {"table": self._ref(name=self.table)}}]
-        commands += [
-            {"add": {"set": self._ref(name=name, type=kind, flags=["timeout"])}}
-            for name, kind in ((self.set4, "ipv4_addr"), (self.set6, "ipv6_addr"))
-        ]
+        commands += [{"add": {"set": self._ref(name=name, type=kind, flags=["timeout"])}}
+                     for name, kind in self._ban_sets()]
+        # a rate limit's set only when missing: re-adding one can fail (see ratelimit.py)
+        limit_sets = self._ratelimits()[0]
+        commands += [command for command in limit_sets
+                     if command["add"]["set"]["name"] not in have.sets]
         wanted = self._wanted()
         for chain in wanted:
             commands.append({"add": {"chain": self._ref(
@@ -289,15 +321,27 @@ class NftablesSet:
         for name in have.chains.keys() - {chain.name for chain in wanted}:
             commands += [{"flush": {"chain": self._ref(name=name)}},
                          {"delete": {"chain": self._ref(name=name)}}]
+        # after the rules that used them are gone, in the same transaction
+        commands += [{"delete": {"set": self._ref(name=name)}}
+                     for name in sorted(have.sets - self._wanted_sets())]
         return commands
+
+    def _wanted_sets(self) -> set[str]:
+        return ({name for name, _ in self._ban_sets()}
+                | {command["add"]["set"]["name"] for command in self._ratelimits()[0]})
 
     def _problems(self, have: _Inventory) -> tuple[list[str], bool]:
         """What differs from the config, and whether bans were lost with it."""
         if not have.table:
             return [f"table {self.family} {self.table} was missing"], True
-        problems = [f"set {name} was missing" for name in (self.set4, self.set6)
+        problems = [f"set {name} was missing" for name, _ in self._ban_sets()
                     if name not in have.sets]
         lost = bool(problems)
+        problems += [f"rate limit set {name} was missing"
+                     for name in sorted(self._wanted_sets() - have.sets)
+                     if name.startswith(SET_PREFIX)]
+        problems += [f"set {name} is not in the config"
+                     for name in sorted(have.sets - self._wanted_sets())]
         wanted = self._wanted()
         for chain in wanted:
             rules = have.chains.get(chain.name)
@@ -322,7 +366,7 @@ class NftablesSet:
         return f"{', '.join(problems)} ({cause}); {done}", lost
 
     def verify(self) -> str | None:
-        """Check that the table, both sets and the chains with their rules exist, without
+        """Check that the table, its sets and the chains with their rules exist, without
         listing set elements (a few milliseconds, also with 100,000 bans). None when all is
         well; otherwise re-create what is missing (setup()) and return one line saying what
         it was. Raises NftablesError or BackendUnavailable when that fails."""
@@ -341,23 +385,30 @@ class NftablesSet:
     # -- bans -----------------------------------------------------------------------------------
 
     def add(self, ban: Ban) -> None:
-        key = str(ban.target)
+        scope = self.layout.scope(ban.jail)
+        key = (ban.jail if scope is None else scope.name, str(ban.target))
         self._pending.pop(key, None)  # keep the order of the requests
-        self._pending[key] = (ban.target, ban)
+        self._pending[key] = (scope, ban.target, ban)
 
-    def delete(self, target: Target) -> None:
-        key = str(target)
-        self._pending.pop(key, None)
-        self._pending[key] = (target, None)
+    def delete(self, target: Target, jail: str | None = None) -> None:
+        """Queue the end of `jail`'s ban of `target`, or of every jail's (None)."""
+        scopes = self._scopes() if jail is None else [self.layout.scope(jail)]
+        for scope in scopes:
+            if scope is not None:
+                key = (scope.name, str(target))
+                self._pending.pop(key, None)
+                self._pending[key] = (scope, target, None)
 
-    def _transaction(self, changes: Sequence[tuple[IPAddress, Ban | None]]) -> list[dict[str, Any]]:
+    def _transaction(self, changes: Sequence[tuple[JailScope, IPAddress, Ban | None]]
+                     ) -> list[dict[str, Any]]:
         """Per set: a placeholder for every element touched (so that the delete cannot fail on
         an absent one), the delete, then the bans with their timeouts."""
+        by_set: dict[str, list[tuple[str, Ban | None]]] = {}
+        for scope, ip, ban in changes:
+            name = self.sets_of(scope)[ip.version == 6]
+            by_set.setdefault(name, []).append((str(ip), ban))
         commands: list[dict[str, Any]] = []
-        for version, name in ((4, self.set4), (6, self.set6)):
-            mine = [(str(ip), ban) for ip, ban in changes if ip.version == version]
-            if not mine:
-                continue
+        for name, mine in by_set.items():
             values = [value for value, _ in mine]
             placeholder = [{"elem": {"val": v, "timeout": 1}} for v in values]
             commands += [
@@ -375,15 +426,19 @@ class NftablesSet:
         million bans from a replay would otherwise be one multi-second netlink transaction).
         When a transaction fails because the table or a set was gone, they are re-created and
         the transaction retried once; the result then says `rebuilt`: every other ban was lost
-        with them. Network targets are refused (see the module's docstring)."""
+        with them. Network targets, and bans of a jail the layout lacks, are refused (see the
+        module's docstring)."""
         pending, self._pending = self._pending, {}
-        changes: list[tuple[IPAddress, Ban | None]] = []
+        changes: list[tuple[JailScope, IPAddress, Ban | None]] = []
         refused: list[tuple[Target, Ban | None]] = []
-        for target, ban in pending.values():
-            if isinstance(target, IPv4Address | IPv6Address):
-                changes.append((target, ban))
+        unknown: set[str] = set()
+        for scope, target, ban in pending.values():
+            if scope is not None and isinstance(target, IPv4Address | IPv6Address):
+                changes.append((scope, target, ban))
             else:
                 refused.append((target, ban))
+                if scope is None and ban is not None:
+                    unknown.add(ban.jail)
         rebuilt = False
         error: str | None = None
         failed: Sequence[tuple[Target, Ban | None]] = ()
@@ -399,14 +454,20 @@ class NftablesSet:
                         self._run(commands)
                     except (NftablesError, BackendUnavailable) as exc:
                         error = f"{first}; after checking the table: {exc}"
-                        failed = changes[start:]
+                        failed = [(target, ban) for _, target, ban in changes[start:]]
                         break
         if refused:
             named = ", ".join(str(target) for target, _ in refused[:5])
             more = f" and {len(refused) - 5} more" if len(refused) > 5 else ""
-            why = (f"refused {named}{more}: a network cannot be banned or unbanned in the address "
-                   f"sets {self.set4}/{self.set6} (prefix bans are not supported by this backend "
-                   f"yet)")
+            reasons = []
+            if any(not isinstance(target, IPv4Address | IPv6Address) for target, _ in refused):
+                reasons.append("a network cannot be banned or unbanned in the address sets "
+                               "(prefix bans are not supported by this backend yet)")
+            if unknown:
+                reasons.append(f"no set pair for jail {', '.join(sorted(unknown))} (not in the "
+                               f"running config)")
+            why = "; ".join(reasons)
+            why = f"refused {named}{more}: {why}"
             error = why if error is None else f"{error}; {why}"
             failed = [*failed, *refused]
         if error is not None:
@@ -414,5 +475,6 @@ class NftablesSet:
                                 rebuilt=rebuilt,
                                 deletes=tuple(target for target, ban in failed if ban is None),
                                 refused=tuple(target for target, _ in refused))
-        return CommitResult(tuple(ban for _, ban in changes if ban is not None), rebuilt=rebuilt,
-                            deletes=tuple(target for target, ban in changes if ban is None))
+        return CommitResult(tuple(ban for _, _, ban in changes if ban is not None),
+                            rebuilt=rebuilt,
+                            deletes=tuple(target for _, target, ban in changes if ban is None))

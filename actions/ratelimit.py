@@ -82,7 +82,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, collapse_addresses, ip_network
 from typing import Any, Literal
 
-from .nftables import _match, _one_or_set
+from .nftjson import match, one_or_set
 
 PROTOCOLS = ("tcp", "udp", "icmp")
 SET_PREFIX = "ratelimit_"
@@ -161,14 +161,14 @@ def _rule(limit: RateLimit, version: Literal[4, 6],
           exempt: list[IPv4Network | IPv6Network]) -> list[dict[str, Any]]:
     saddr = {"payload": {"protocol": _IP[version], "field": "saddr"}}
     if limit.protocol == "icmp":
-        expr = [_match({"payload": {"protocol": _ICMP[version], "field": "type"}},
+        expr = [match({"payload": {"protocol": _ICMP[version], "field": "type"}},
                        "echo-request")]
     else:
-        expr = [_match({"payload": {"protocol": limit.protocol, "field": "dport"}},
-                       _one_or_set(limit.ports)),
-                _match({"ct": {"key": "state"}}, "new", op="in")]
+        expr = [match({"payload": {"protocol": limit.protocol, "field": "dport"}},
+                       one_or_set(limit.ports)),
+                match({"ct": {"key": "state"}}, "new", op="in")]
     if exempt:
-        expr.append(_match(saddr, _one_or_set([_element(net) for net in exempt]), op="!="))
+        expr.append(match(saddr, one_or_set([_element(net) for net in exempt]), op="!="))
     return [*expr,
             {"set": {"op": "add", "elem": saddr, "set": f"@{limit.set_name(version)}"}},
             {"counter": None},

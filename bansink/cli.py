@@ -45,7 +45,7 @@ def nftables_backend(config: Config) -> NftablesSet:
     ports += [("tcp", port) for _, port in (*rc.tcp, *rc.tls, *rc.relp, *rc.relp_tls)]
     guarded = bool(rc.loopback_uids)
     return NftablesSet(family=n.family, table=n.table, set4=n.set4, set6=n.set6, chain=n.chain,
-                       priority=n.priority, ports=n.ports,
+                       priority=n.priority,
                        local_ports=sorted(set(ports)) if guarded else (),
                        local_uids=rc.loopback_uids if guarded else None)
 

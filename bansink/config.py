@@ -28,6 +28,11 @@ from pydantic import (
     model_validator,
 )
 
+from bansink.actions.nftjson import PortRange
+from bansink.actions.ratelimit import MAX_WINDOW, RateLimit
+
+from .ports import parse_ports
+
 DEFAULT_PATH = Path("/etc/bansink/bansink.toml")
 MAX_FILE_SIZE = 1 << 20
 """A config file larger than this (1 MiB) is refused unread."""
@@ -178,7 +183,8 @@ Network = Annotated[str, BeforeValidator(_network)]
 Listen = Annotated[tuple[str, int], BeforeValidator(_listen)]
 FileName = Annotated[str, BeforeValidator(_file_name)]
 LocalUser = Annotated[str | int, BeforeValidator(_local_user)]
-Port = Annotated[int, Field(strict=True, gt=0, lt=65536)]
+Ports = Annotated[tuple[PortRange, ...], BeforeValidator(parse_ports)]
+"""fail2ban's port list: `"imap,smtp,imaps,smtps"`, `[25, "submission", "1000:2000"]`."""
 
 CommitInterval = Annotated[float, _between(0.0, 1.0)]
 """A batching tick: more than zero, at most 1 second."""
@@ -303,6 +309,9 @@ class JailEntry(JailConfig):
     source's own choice, else syslog."""
     ignoreip: list[Network] = []
     """Addresses this jail never bans (besides engine.ignoreip)."""
+    ports: Ports | None = None
+    """Its bans drop traffic to these ports only (TCP and UDP), fail2ban style:
+    `"imap,smtp,imaps,smtps"` or `[25, 587, "1000:2000"]`; unset: nftables.ports."""
 
     @model_validator(mode="after")
     def _has_a_source(self) -> JailEntry:
@@ -319,11 +328,35 @@ class NftablesConfig(_Section):
     set6: str = Field("ban6", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
     chain: str = Field("input", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
     priority: int = _count(-10, -400, 400)
-    ports: list[Port] = []
-    """Drop banned clients on these destination ports only (TCP and UDP); empty: all traffic."""
+    ports: Ports = ()
+    """Drop banned clients on these destination ports only (TCP and UDP), numbers, service
+    names or ranges; empty: all traffic. A jail's own `ports` replace it."""
     commit_interval: CommitInterval = 0.01
     """Bans decided within this tick go to the kernel in one transaction: more than zero, at most
     1 second."""
+
+
+class RateLimitEntry(_Section):
+    """`[ratelimit.NAME]`: new connections (pings, for icmp) from one source address to
+    `ports`: the first `connections` within `window` pass, the others until it ends are
+    dropped (actions/ratelimit.py). Never applied to ignoreip, senders or trusted proxies."""
+
+    protocol: Literal["tcp", "udp", "icmp"] = "tcp"
+    ports: Ports = ()
+    connections: int = _count(4, 1, 1_000_000)
+    window: Annotated[float, _between(SECOND, MAX_WINDOW)] = 60.0
+
+    def limit(self, name: str) -> RateLimit:
+        ranges = [port for port in self.ports if not isinstance(port, int)]
+        if ranges:
+            raise ValueError(f"ratelimit.{name}.ports: ranges are not supported here; list the "
+                             f"ports")
+        try:
+            return RateLimit(name, self.protocol, tuple(p for p in self.ports
+                                                        if isinstance(p, int)),
+                             self.connections, float(round(self.window)))
+        except ValueError as exc:
+            raise ValueError(f"ratelimit.{name}: {str(exc).split(': ', 1)[-1]}") from None
 
 
 class JournalConfig(_Section):
@@ -358,6 +391,7 @@ class Config(_Section):
     roundcube-security_log plugin."""
     jails: dict[str, JailEntry] = {}
     nftables: NftablesConfig = NftablesConfig()
+    ratelimit: dict[str, RateLimitEntry] = {}
     journal: JournalConfig = JournalConfig()
     log: LogConfig = LogConfig()
 
@@ -384,6 +418,19 @@ class Config(_Section):
         if self.jails and not any(jail.enabled for jail in self.jails.values()):
             raise ValueError("jails: every jail is disabled")
         return self
+
+    @model_validator(mode="after")
+    def _rate_limits_hold(self) -> Config:
+        for name, entry in self.ratelimit.items():
+            if not re.fullmatch(r"[a-z0-9_]{1,32}", name):
+                raise ValueError(f"ratelimit.{name}: a rate limit name is 1 to 32 of a-z, 0-9 "
+                                 f"and _")
+            entry.limit(name)
+        return self
+
+    @property
+    def rate_limits(self) -> list[RateLimit]:
+        return [entry.limit(name) for name, entry in self.ratelimit.items()]
 
     @property
     def longest_findtime(self) -> float:

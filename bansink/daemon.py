@@ -26,7 +26,7 @@ from bansink.receiver.udp import UdpListener
 from .config import Config, ConfigError
 from .enforcer import Enforcer
 from .hub import Hub
-from .jails import build_pipeline, reconfigure
+from .jails import build_pipeline, layout_of, reconfigure
 from .logs import Throttle
 from .replay import replay_journal
 from .resends import ResendGuard
@@ -54,14 +54,17 @@ class ListenError(Exception):
 def running_part(running: Config, new: Config) -> Config:
     """`running` with what a reload applies taken from `new`: the senders, `[engine]` (trusted
     proxies, ignoreip, max_tracked, filter_paths), `[jail]` and `[jails.NAME]` (filter files
-    are read again). Everything else (listeners, TLS, the journal, the nftables table,
-    logging) keeps its running value until a restart."""
+    are read again, each jail's set pair and ports follow), `nftables.ports` and
+    `[ratelimit.NAME]`. Everything else (listeners, TLS, the journal, the nftables table's
+    names, logging) keeps its running value until a restart."""
     return running.model_copy(update={
         "receiver": running.receiver.model_copy(
             update={"senders": new.receiver.senders, "allow_any": new.receiver.allow_any}),
         "engine": new.engine,
         "jail": new.jail,
         "jails": new.jails,
+        "nftables": running.nftables.model_copy(update={"ports": new.nftables.ports}),
+        "ratelimit": new.ratelimit,
     })
 
 
@@ -134,6 +137,7 @@ class Daemon:
         self.listeners: list[Listener] = []
         self._stopping = asyncio.Event()
         self._throttle = Throttle(60.0)
+        self._layout_change: asyncio.Future[None] | None = None
 
     def _unwritten(self, row: JournalRow, session: int) -> None:
         if self.hub is not None:
@@ -141,6 +145,7 @@ class Daemon:
 
     async def start(self) -> None:
         config = self.config
+        self.enforcer.backend.configure(layout_of(config))
         await self.enforcer.setup()
         hub = self.hub = Hub(self.pipeline, self.enforcer, self.journal, self.guard)
         if self.journal is not None:
@@ -193,6 +198,9 @@ class Daemon:
             raise ValueError(f"findtime ({findtime:g}s) may not exceed the running "
                              f"journal.retention ({running.journal.retention:g}s)")
         reconfigure(self.pipeline, running)
+        layout = layout_of(running)
+        if layout != layout_of(self.config):
+            self._layout_change = asyncio.ensure_future(self.enforcer.configure(layout))
         if self.journal is not None:
             self.journal.salvage_horizon = max(findtime, running.journal.relp_dedupe)
         applied = changed_keys(self.config, running)

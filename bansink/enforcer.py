@@ -11,12 +11,21 @@ from ipaddress import IPv4Address, IPv6Address
 import structlog
 
 from bansink.actions.backend import BanBackend, CommitResult
+from bansink.actions.layout import Layout
 from bansink.engine.decisions import Ban, Target
 
 from .batching import TickBatcher
 from .logs import Throttle
 
 log = structlog.get_logger("bansink")
+
+_Key = tuple[str, Target]
+"""A ban's place: (jail, target). One address can be banned by several jails, each in its own
+set pair with its own end."""
+
+
+def _key(ban: Ban) -> _Key:
+    return ban.jail, ban.target
 
 INLINE_COMMIT = 64
 """Bans per commit up to which the commit runs on the event loop (well under a millisecond
@@ -41,16 +50,31 @@ class Enforcer:
         self.bans = 0
         self.errors = 0
         self.rebuilds = 0
-        self._running: dict[Target, tuple[float, Ban]] = {}
-        """target -> (monotonic end, ban) of every ban enforced and not yet over"""
-        self._restoring: set[Target] = set()
-        self._retry: dict[Target, Ban] = {}
+        self._running: dict[_Key, tuple[float, Ban]] = {}
+        """(jail, target) -> (monotonic end, ban) of every ban enforced and not yet over"""
+        self._restoring: set[_Key] = set()
+        self._retry: dict[_Key, Ban] = {}
         """bans a failed commit left out: tried again at the next verify"""
         self._restore_again = False
         self._throttle = Throttle(60.0)
 
     async def setup(self) -> None:
         await self._batcher.run_blocking(self.backend.setup)
+
+    async def configure(self, layout: Layout) -> None:
+        """Apply another layout (a reload): jails' set pairs and ports, rate limits. Running
+        bans of jails that are gone end with their sets; those of the other jails are put back
+        if their set was re-created (a jail that left the shared pair for its own)."""
+        self.backend.configure(layout)
+        try:
+            await self._batcher.run_blocking(self.backend.setup)
+        except Exception as exc:  # verify() finds what is missing and tries again every second
+            log.error("nft_configure_failed", error=str(exc), hint="tried again every second")
+        jails = {scope.name for scope in layout.jails}
+        gone = [key for key, (_, ban) in self._running.items() if jails and ban.jail not in jails]
+        for key in gone:
+            del self._running[key]
+        self._rebuild(None)
 
     def ban(self, ban: Ban) -> None:
         self._batcher.put(ban)
@@ -70,14 +94,14 @@ class Enforcer:
             refused = result.refused if isinstance(result, CommitResult) else ()
             self._failed(failed, refused, result.error if isinstance(result, CommitResult) else
                          repr(result), now)
-        lost = {b.target for b in failed}
+        lost = {_key(b) for b in failed}
         for b in batch:
-            target = b.target
-            if target in lost:
+            key, target = _key(b), b.target
+            if key in lost:
                 continue
-            self._running[target] = (b.decided_at + b.bantime, b)
-            if target in self._restoring:
-                self._restoring.discard(target)
+            self._running[key] = (b.decided_at + b.bantime, b)
+            if key in self._restoring:
+                self._restoring.discard(key)
                 continue
             self.bans += 1
             until = datetime.fromtimestamp(wall + b.bantime, UTC).isoformat(timespec="seconds")
@@ -94,13 +118,14 @@ class Enforcer:
         self.errors += 1
         never = set(refused)
         for b in failed:
+            key = _key(b)
             if b.target in never:
-                self._restoring.discard(b.target)
-            elif b.target in self._restoring:  # a running ban being put back: put all back
-                self._restoring.discard(b.target)
+                self._restoring.discard(key)
+            elif key in self._restoring:  # a running ban being put back: put all back
+                self._restoring.discard(key)
                 self._restore_again = True
             else:
-                self._retry[b.target] = b
+                self._retry[key] = b
         held = self._throttle.allow(("ban_failed",), now)
         if held is not None:
             log.error("ban_failed", bans=len(failed),
@@ -131,8 +156,8 @@ class Enforcer:
     def _rebuild(self, problem: str | None) -> None:
         now = asyncio.get_running_loop().time()
         self.forget_ended(now)
-        for target, (end, ban) in self._running.items():
-            self._restoring.add(target)
+        for key, (end, ban) in self._running.items():
+            self._restoring.add(key)
             self.ban(dataclasses.replace(ban, bantime=end - now, decided_at=now))
         if problem is not None:
             self.rebuilds += 1
@@ -140,9 +165,9 @@ class Enforcer:
 
     def forget_ended(self, now: float) -> None:
         """Drop bans that are over (at least 1 s left is needed for a new element)."""
-        ended = [target for target, (end, _) in self._running.items() if end - now < 1]
-        for target in ended:
-            del self._running[target]
+        ended = [key for key, (end, _) in self._running.items() if end - now < 1]
+        for key in ended:
+            del self._running[key]
 
     def counters(self) -> dict[str, object]:
         return {"bans": self.bans, "bans_running": len(self._running), "ban_errors": self.errors,

@@ -1,6 +1,6 @@
-"""Config -> the engine's jails, their sources and the protections: what `[jail]` or
-`[jails.NAME]` and `[engine]` ask for, checked (unknown source names, filter files that do not
-load) with the key named, as ConfigError."""
+"""Config -> the engine's jails, their sources and the protections, and the table's layout:
+what `[jail]` or `[jails.NAME]`, `[engine]` and `[ratelimit.NAME]` ask for, checked (unknown
+source names, filter files that do not load) with the key named, as ConfigError."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import structlog
 
+from bansink.actions.layout import JailScope, Layout
 from bansink.engine.addresses import NetworkSet
 from bansink.engine.filters.filter import FilterError
 from bansink.engine.jail import JailSettings
@@ -76,6 +77,21 @@ def protections_of(config: Config) -> Protections:
         ignoreip=NetworkSet(config.engine.ignoreip),
         senders=NetworkSet(config.receiver.senders),
     )
+
+
+def layout_of(config: Config) -> Layout:
+    """What bansink's table holds for this config: a set pair per enabled jail with its ports
+    (or the shared pair of an old `[jail]` config) and the rate limits, which spare every
+    ignoreip (global and per jail), sender and trusted proxy."""
+    ports = config.nftables.ports
+    enabled = {name: jail for name, jail in config.jails.items() if jail.enabled}
+    exempt = [*config.engine.ignoreip, *config.receiver.senders, *config.engine.trusted_proxies]
+    for jail in enabled.values():
+        exempt += jail.ignoreip
+    return Layout(
+        jails=tuple(JailScope(name, jail.ports if jail.ports is not None else ports)
+                    for name, jail in enabled.items()),
+        ports=ports, ratelimits=tuple(config.rate_limits), exempt=tuple(dict.fromkeys(exempt)))
 
 
 def build_pipeline(config: Config) -> SecurityPipeline:

@@ -6,7 +6,15 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from bansink.config import MAX_BANTIME, Config, ConfigError, JailEntry, load_config, parse_config
+from bansink.config import (
+    MAX_BANTIME,
+    Config,
+    ConfigError,
+    JailEntry,
+    RateLimitEntry,
+    load_config,
+    parse_config,
+)
 
 from support import BIN
 
@@ -83,11 +91,13 @@ def _toml_keys(data: dict, prefix: str = "") -> set[str]:
 def test_the_example_config_lists_every_key():
     text = EXAMPLE.read_text()
     listed = _toml_keys(tomllib.loads(text))
-    assert listed == _keys(Config) - {"jails"}  # [jails.NAME] is shown commented out
+    assert listed == _keys(Config) - {"jails", "ratelimit"}  # shown commented out
     example = "\n".join(line.removeprefix("# ") for line in text.splitlines()
                         if line.startswith("# ") and "=" in line)
     assert all(f"\n{key} =" in f"\n{example}" for key in JailEntry.model_fields), \
         "every [jails.NAME] key is shown in the commented example"
+    assert all(f"\n{key} =" in f"\n{example}" for key in RateLimitEntry.model_fields), \
+        "every [ratelimit.NAME] key is shown in the commented example"
     assert {"receiver.allow_any", "receiver.loopback_users", "engine.allow_any",
             "journal.relp_window"} <= listed
 
@@ -127,7 +137,22 @@ OUT_OF_RANGE = [
     ({"engine": {"max_tracked": 10**9}}, "engine.max_tracked", "less than or equal to 100000000"),
     ({"nftables": {"commit_interval": "2s"}}, "nftables.commit_interval", "at most 1s"),
     ({"nftables": {"commit_interval": 0}}, "nftables.commit_interval", "greater than zero"),
-    ({"nftables": {"ports": [True]}}, "nftables.ports[0]", "valid integer"),
+    ({"nftables": {"ports": [True]}}, "nftables.ports", "True is not a port number"),
+    ({"nftables": {"ports": [0]}}, "nftables.ports", "port 0 is not 1-65535"),
+    ({"nftables": {"ports": "smtp,nosuchservice"}}, "nftables.ports",
+     "unknown service name 'nosuchservice'"),
+    ({"nftables": {"ports": ["2000:1000"]}}, "nftables.ports", "runs backwards"),
+    ({"jails": {"k": {"sources": ["kerio"], "ports": "imap smtp"}}}, "jails.k.ports",
+     "'imap smtp' is not a port number"),
+    ({"ratelimit": {"smtp": {"ports": "1000:2000"}}}, "ratelimit.smtp.ports",
+     "ranges are not supported"),
+    ({"ratelimit": {"smtp": {"protocol": "icmp", "ports": [25]}}}, "ratelimit.smtp",
+     "icmp has no ports"),
+    ({"ratelimit": {"smtp": {}}}, "ratelimit.smtp", "tcp needs at least one port"),
+    ({"ratelimit": {"smtp": {"ports": 25, "window": "1d"}}}, "ratelimit.smtp.window", ""),
+    ({"ratelimit": {"smtp": {"ports": 25, "connections": 0}}}, "ratelimit.smtp.connections",
+     ""),
+    ({"ratelimit": {"Bad-Name": {"ports": 25}}}, "ratelimit.Bad-Name", "a rate limit name"),
     ({"nftables": {"priority": 1e3}}, "nftables.priority", "valid integer"),
     ({"journal": {"commit_interval": math.inf}}, "journal.commit_interval", "not a finite"),
     ({"journal": {"retention": "400d"}}, "journal.retention", "at most 365d"),

@@ -7,6 +7,7 @@ from ipaddress import ip_address, ip_network
 import pytest
 
 from bansink.actions.backend import BackendUnavailable
+from bansink.actions.layout import JailScope, Layout
 from bansink.actions.nftables import NftablesSet, load_libnftables
 from bansink.engine.decisions import Ban, Origin
 
@@ -83,7 +84,7 @@ def test_setup_keeps_existing_bans(ns: Netns):
 
 def test_configured_ports_limit_the_drop_rules_and_a_config_change_replaces_them(ns: Netns):
     setup(ns)
-    setup(ns, ports=[443, 80])
+    setup(ns, layout=Layout(ports=(443, 80)))
     text = ns.run("nft", "list", "chain", "inet", "bansink", "input").stdout.decode()
     assert text.count("th dport { 80, 443 }") == 2
     assert text.count("drop") == 2
