@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -135,6 +136,50 @@ def namespaces(*roles: str) -> Iterator[list[Netns]]:
     finally:
         for ns in made:
             ns.delete()
+
+
+# -- traffic ---------------------------------------------------------------------------------
+
+class Listener:
+    """A dual-stack TCP listener (never accepting: the kernel completes the handshakes) and a
+    UDP socket on the server addresses."""
+
+    def __init__(self, ns: Netns, *ports: int) -> None:
+        self.sockets = ns.in_namespace(self._open, ports)
+
+    @staticmethod
+    def _open(ports: tuple[int, ...]) -> list[socket.socket]:
+        made = []
+        for port in ports:
+            tcp = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            tcp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            tcp.bind(("::", port))
+            tcp.listen(64)
+            made.append(tcp)
+        return made
+
+    def close(self) -> None:
+        for s in self.sockets:
+            s.close()
+
+
+def family_of(addr: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
+def connects(ns: Netns, source: str, server: str, port: int, quick: float = 0.5) -> bool:
+    """One TCP connect from `source`: True when it is established, False when its SYN is
+    dropped (nothing answers within `quick` seconds)."""
+    def attempt() -> bool:
+        with socket.socket(family_of(source), socket.SOCK_STREAM) as s:
+            s.settimeout(quick)
+            s.bind((source, 0))
+            try:
+                s.connect((server, port))
+            except TimeoutError:
+                return False
+            return True
+    return ns.in_namespace(attempt)
 
 
 class Daemon:

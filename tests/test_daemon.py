@@ -145,3 +145,31 @@ def test_a_reload_may_not_stretch_findtime_past_the_running_retention(tmp_path):
             await daemon.close()
 
     assert asyncio.run(scenario()) == 600.0
+
+
+def test_a_reload_gives_the_backend_the_new_jails_and_rate_limits():
+    port = free_port()
+    backend = DryRunBackend()
+
+    def jails(**extra):
+        return parse_config({
+            "receiver": {"udp": [f"127.0.0.1:{port}"], "tcp": [], "relp": [],
+                         "senders": ["127.0.0.1/32"]},
+            "jails": {"kerio": {"sources": ["kerio"], "ports": "smtp"}, **extra},
+            "journal": {"path": ""}})
+
+    async def scenario():
+        daemon = Daemon(jails(), backend)
+        await daemon.start()
+        try:
+            assert [scope.name for scope in backend.layout.jails] == ["kerio"]
+            new = jails(james={"sources": ["james"]}).model_copy(update={"ratelimit": parse_config(
+                {"ratelimit": {"smtp": {"ports": 25}}}).ratelimit})
+            assert daemon.reload(new) == []
+            await until(lambda: len(backend.layout.jails) == 2)
+            assert [r.name for r in backend.layout.ratelimits] == ["smtp"]
+        finally:
+            daemon.stop()
+            await daemon.close()
+
+    asyncio.run(scenario())

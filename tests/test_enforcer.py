@@ -5,6 +5,7 @@ from structlog.testing import capture_logs
 
 from bansink.actions.backend import CommitResult
 from bansink.actions.dryrun import DryRunBackend
+from bansink.actions.layout import JailScope, Layout
 from bansink.enforcer import Enforcer
 from bansink.engine.decisions import Ban, Origin
 
@@ -58,9 +59,9 @@ class FlakyBackend(DryRunBackend):
         return missing
 
 
-def decision(ip: str, bantime: float, at: float) -> Ban:
+def decision(ip: str, bantime: float, at: float, jail: str = "roundcube") -> Ban:
     target = ip_network(ip) if "/" in ip else ip_address(ip)
-    return Ban(target=target, origin=Origin.JAIL, jail="roundcube", failures=6, bantime=bantime,
+    return Ban(target=target, origin=Origin.JAIL, jail=jail, failures=6, bantime=bantime,
                decided_at=at)
 
 
@@ -147,3 +148,41 @@ def test_a_network_ban_a_backend_applies_is_logged_by_target_alone():
 
     [ban] = [e for e in asyncio.run(scenario()) if e["event"] == "ban"]
     assert "ip" not in ban and (ban["target"], ban["origin"]) == ("198.51.100.0/24", "jail")
+
+
+def test_one_address_banned_by_two_jails_is_two_running_bans():
+    backend = FlakyBackend()
+
+    async def scenario():
+        enforcer = Enforcer(backend, interval=0.01)
+        now = asyncio.get_running_loop().time()
+        enforcer.ban(decision("203.0.113.7", 600, now, jail="kerio"))
+        enforcer.ban(decision("203.0.113.7", 60, now, jail="james"))
+        await until(lambda: enforcer.bans == 2)
+        await enforcer.close()
+        return enforcer
+
+    enforcer = asyncio.run(scenario())
+    assert enforcer.counters()["bans_running"] == 2
+    assert sorted(backend.applied) == [("203.0.113.7", 60), ("203.0.113.7", 600)]
+
+
+def test_a_new_layout_ends_the_bans_of_jails_gone_and_puts_the_others_back():
+    backend = FlakyBackend()
+
+    async def scenario():
+        enforcer = Enforcer(backend, interval=0.01)
+        now = asyncio.get_running_loop().time()
+        enforcer.ban(decision("203.0.113.7", 600, now, jail="kerio"))
+        enforcer.ban(decision("203.0.113.8", 600, now, jail="james"))
+        await until(lambda: enforcer.bans == 2)
+        backend.applied.clear()
+        await enforcer.configure(Layout(jails=(JailScope("kerio", (25,)),)))
+        await until(lambda: backend.applied)
+        await enforcer.close()
+        return enforcer
+
+    enforcer = asyncio.run(scenario())
+    assert backend.layout.jails == (JailScope("kerio", (25,)),)
+    assert [ip for ip, _ in backend.applied] == ["203.0.113.7"]  # into kerio's (new) set
+    assert enforcer.bans == 2 and enforcer.counters()["bans_running"] == 1

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from bansink.actions.layout import JailScope
 from bansink.config import ConfigError, parse_config
-from bansink.jails import build_pipeline, jails_and_sources
+from bansink.jails import build_pipeline, jails_and_sources, layout_of
 from bansink.receiver.syslog import SyslogMessage, parse_syslog
 
 FILTER = """[Definition]
@@ -59,3 +60,32 @@ def test_jails_name_their_filters_and_count_what_they_match(tmp_path: Path):
 def test_a_jail_that_cannot_work_is_refused_naming_the_key(data, error):
     with pytest.raises(ConfigError, match=error):
         jails_and_sources(parse_config(data))
+
+
+def test_the_seeds_jails_written_directly_get_their_ports_and_rate_limits_spare_the_trusted():
+    config = parse_config({
+        "receiver": {"senders": ["192.0.2.10/32"]},
+        "engine": {"ignoreip": ["127.0.0.0/8"], "trusted_proxies": ["192.0.2.20"]},
+        "nftables": {"ports": "http,https"},
+        "jails": {
+            "kerio": {"sources": ["kerio"], "bantime": 1200, "maxretry": 3,
+                      "ports": "imap,smtp,imaps,smtps"},
+            "kopano": {"sources": ["kopano"], "ports": "https"},
+            "james": {"sources": ["james"], "bantime": "120m", "findtime": "20m",
+                      "maxretry": 2, "ignoreip": ["198.51.100.0/24"]},
+            "off": {"sources": ["sogo"], "enabled": False}},
+        "ratelimit": {"smtp": {"ports": "smtp", "connections": 4, "window": "60s"},
+                      "ping": {"protocol": "icmp"}}})
+    layout = layout_of(config)
+    assert layout.jails == (JailScope("kerio", (25, 143, 465, 993)), JailScope("kopano", (443,)),
+                            JailScope("james", (80, 443)))  # unset: nftables.ports
+    assert [(r.name, r.protocol, r.ports, r.connections, r.window) for r in layout.ratelimits] \
+        == [("smtp", "tcp", (25,), 4, 60.0), ("ping", "icmp", (), 4, 60.0)]
+    assert set(layout.exempt) == {"127.0.0.0/8", "192.0.2.10/32", "192.0.2.20/32",
+                                  "198.51.100.0/24"}
+
+
+def test_an_old_single_jail_config_has_the_shared_set_pair():
+    layout = layout_of(parse_config({"nftables": {"ports": [443, 80]}}))
+    assert layout.jails == () and layout.ports == (80, 443)
+    assert layout.scope("roundcube") == JailScope("", (80, 443))

@@ -11,12 +11,12 @@ from bansink.actions.layout import JailScope, Layout
 from bansink.actions.nftables import NftablesSet, load_libnftables
 from bansink.engine.decisions import Ban, Origin
 
-from support import Netns, namespaces, wait_until
+from support import Listener, Netns, connects, namespaces, wait_until
 
 
-def ban(ip: str, bantime: float = 600) -> Ban:
+def ban(ip: str, bantime: float = 600, jail: str = "roundcube") -> Ban:
     target = ip_network(ip) if "/" in ip else ip_address(ip)
-    return Ban(target=target, origin=Origin.JAIL, jail="roundcube", failures=6, bantime=bantime,
+    return Ban(target=target, origin=Origin.JAIL, jail=jail, failures=6, bantime=bantime,
                decided_at=0.0)
 
 
@@ -258,3 +258,90 @@ def test_a_network_target_is_refused_by_name_and_the_addresses_still_go_in(ns: N
     assert {str(t) for t in result.refused} == {"2001:db8:1::/64", "198.51.100.0/24"}
     assert set(ns.set_elements()) == {"203.0.113.7"}  # the address went in, nothing else
     assert ns.set_elements(name="ban6") == {}
+
+
+# -- a set pair per jail ---------------------------------------------------------------------------
+
+SEED_JAILS = Layout(jails=(JailScope("kerio", (25, 143, 465, 993)), JailScope("kopano", (443,)),
+                           JailScope("james")))
+
+
+def set_names(ns: Netns) -> set[str]:
+    return {i["set"]["name"] for i in ns.nft_json("-t", "list", "sets", "inet")["nftables"]
+            if "set" in i}
+
+
+def test_each_jail_has_its_own_set_pair_and_drop_rules_on_its_ports(ns: Netns):
+    setup(ns, layout=SEED_JAILS)
+    assert set_names(ns) == {f"ban{v}_{jail}" for v in (4, 6) for jail in ("kerio", "kopano",
+                                                                             "james")}
+    text = ns.run("nft", "list", "chain", "inet", "bansink", "input").stdout.decode()
+    assert ("ip saddr @ban4_kerio meta l4proto { tcp, udp } th dport { 25, 143, 465, 993 } "
+            "counter packets 0 bytes 0 drop") in text
+    assert ("ip6 saddr @ban6_kopano meta l4proto { tcp, udp } th dport 443 counter packets 0 "
+            "bytes 0 drop") in text
+    assert "ip saddr @ban4_james counter packets 0 bytes 0 drop" in text
+
+
+def test_a_ban_goes_to_its_jails_set_and_one_address_can_be_in_several(ns: Netns):
+    backend = setup(ns, layout=SEED_JAILS)
+    backend.add(ban("203.0.113.7", 1200, jail="kerio"))
+    backend.add(ban("203.0.113.7", 7200, jail="james"))
+    backend.add(ban("2001:db8::7", 300, jail="kopano"))
+    assert ns.in_namespace(backend.commit).ok
+    assert {ip: e["timeout"] for ip, e in ns.set_elements(name="ban4_kerio").items()} == \
+        {"203.0.113.7": 1200}
+    assert {ip: e["timeout"] for ip, e in ns.set_elements(name="ban4_james").items()} == \
+        {"203.0.113.7": 7200}
+    assert set(ns.set_elements(name="ban6_kopano")) == {"2001:db8::7"}
+    backend.delete(ip_address("203.0.113.7"), jail="kerio")  # one jail's ban ends
+    assert ns.in_namespace(backend.commit).ok
+    assert ns.set_elements(name="ban4_kerio") == {}
+    assert set(ns.set_elements(name="ban4_james")) == {"203.0.113.7"}
+    backend.delete(ip_address("2001:db8::7"))  # every jail's
+    assert ns.in_namespace(backend.commit).ok
+    assert ns.set_elements(name="ban6_kopano") == {}
+
+
+def test_a_ban_of_a_jail_not_in_the_layout_is_refused_by_name(ns: Netns):
+    backend = setup(ns, layout=SEED_JAILS)
+    backend.add(ban("203.0.113.7", jail="dovecot"))
+    backend.add(ban("203.0.113.8", jail="kerio"))
+    result = ns.in_namespace(backend.commit)
+    assert not result.ok and "no set pair for jail dovecot" in result.error
+    assert [str(t) for t in result.refused] == ["203.0.113.7"]
+    assert set(ns.set_elements(name="ban4_kerio")) == {"203.0.113.8"}
+
+
+def test_a_kerio_ban_drops_smtp_and_imap_but_not_the_web_server(ns: Netns):
+    server, attacker, other = "192.0.2.1", "203.0.113.7", "203.0.113.8"
+    for addr in (server, attacker, other):
+        ns.ip("addr", "add", f"{addr}/32", "dev", "lo")
+    listener = Listener(ns, 25, 143, 80)
+    try:
+        backend = setup(ns, layout=SEED_JAILS)
+        assert all(connects(ns, attacker, server, port) for port in (25, 143, 80))
+        backend.add(ban(attacker, 1200, jail="kerio"))
+        assert ns.in_namespace(backend.commit).ok
+        assert [connects(ns, attacker, server, port) for port in (25, 143, 80)] == \
+            [False, False, True]
+        assert all(connects(ns, other, server, port) for port in (25, 143, 80))
+    finally:
+        listener.close()
+
+
+def test_a_new_layout_adds_the_new_jails_sets_and_removes_those_of_jails_gone(ns: Netns):
+    backend = setup(ns)  # an old single-jail config: the shared pair
+    backend.add(ban("203.0.113.7"))
+    assert ns.in_namespace(backend.commit).ok
+    backend.configure(SEED_JAILS)
+    assert ns.in_namespace(backend.verify) is not None  # the table differs from the layout
+    assert "ban4" not in set_names(ns) and "ban4_kerio" in set_names(ns)
+    backend.add(ban("203.0.113.8", jail="kerio"))
+    assert ns.in_namespace(backend.commit).ok
+    backend.configure(Layout(jails=(JailScope("kerio", (25,)),)))
+    ns.in_namespace(backend.setup)
+    assert set_names(ns) == {"ban4_kerio", "ban6_kerio"}
+    assert set(ns.set_elements(name="ban4_kerio")) == {"203.0.113.8"}  # its bans stay
+    text = ns.run("nft", "list", "chain", "inet", "bansink", "input").stdout.decode()
+    assert "th dport 25 counter" in text and "143" not in text

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from bansink.actions.nftables import load_libnftables
+from bansink.actions.layout import Layout
+from bansink.actions.nftables import NftablesSet, load_libnftables
 from bansink.actions.ratelimit import (
     MAX_TRACKED,
     SET_PREFIX,
@@ -23,7 +24,7 @@ from bansink.actions.ratelimit import (
     ratelimit_sets_and_rules,
 )
 
-from support import Netns, namespaces, wait_until
+from support import Listener, Netns, connects, family_of, namespaces, wait_until
 
 SERVER4, CLIENT4, OTHER4, TRUSTED4 = "192.0.2.1", "192.0.2.2", "192.0.2.4", "198.51.100.7"
 SERVER6, CLIENT6, OTHER6, TRUSTED6 = "2001:db8::1", "2001:db8::2", "2001:db8::4", "2001:db8:e::7"
@@ -61,43 +62,11 @@ def table(family: str = "inet") -> list[dict[str, Any]]:
 
 
 def setup(ns: Netns, *limits: RateLimit, exempt4: tuple[str, ...] = (),
-          exempt6: tuple[str, ...] = (), family: str = "inet") -> None:
-    """What bansink's setup() is to do, in one transaction: table and chain, the sets that are
-    missing, the rules (replaced), and the rate-limit sets the config no longer names."""
-    sets, rules = ratelimit_sets_and_rules(family, "bansink", "input", limits, exempt4, exempt6)
-    listed = ns.nft_json("-t", "list", "ruleset", family)["nftables"]
-    have = {i["set"]["name"] for i in listed if "set" in i and i["set"]["table"] == "bansink"}
-    wanted = {command["add"]["set"]["name"] for command in sets}
-    ref = {"family": family, "table": "bansink"}
-    nft(ns, [*table(family),
-             *(command for command in sets if command["add"]["set"]["name"] not in have),
-             {"flush": {"chain": {**ref, "name": "input"}}},
-             *({"add": {"rule": {**ref, "chain": "input", "expr": expr}}} for expr in rules),
-             *({"delete": {"set": {**ref, "name": name}}} for name in sorted(have - wanted)
-               if name.startswith(SET_PREFIX))])
-
-
-class Listener:
-    """A dual-stack TCP listener (never accepting: the kernel completes the handshakes) and a
-    UDP socket on the server addresses."""
-
-    def __init__(self, ns: Netns, *ports: int) -> None:
-        self.sockets = ns.in_namespace(self._open, ports)
-
-    @staticmethod
-    def _open(ports: tuple[int, ...]) -> list[socket.socket]:
-        made = []
-        for port in ports:
-            tcp = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-            tcp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            tcp.bind(("::", port))
-            tcp.listen(64)
-            made.append(tcp)
-        return made
-
-    def close(self) -> None:
-        for s in self.sockets:
-            s.close()
+          exempt6: tuple[str, ...] = ()) -> None:
+    """bansink's own setup() with these limits: table and chain, the sets that are missing,
+    the rules (replaced), and the sets the config no longer names (removed)."""
+    backend = NftablesSet(layout=Layout(ratelimits=limits, exempt=exempt4 + exempt6))
+    ns.in_namespace(backend.setup)
 
 
 @pytest.fixture
@@ -107,31 +76,12 @@ def listening(ns: Netns) -> Iterator[None]:
     listener.close()
 
 
-def _family(addr: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in addr else socket.AF_INET
-
-
-def connects(ns: Netns, source: str, server: str, port: int) -> bool:
-    """One TCP connect from `source`: True when it is established, False when its SYN is
-    dropped (nothing answers within QUICK seconds)."""
-    def attempt() -> bool:
-        with socket.socket(_family(source), socket.SOCK_STREAM) as s:
-            s.settimeout(QUICK)
-            s.bind((source, 0))
-            try:
-                s.connect((server, port))
-            except TimeoutError:
-                return False
-            return True
-    return ns.in_namespace(attempt)
-
-
 def pings(ns: Netns, source: str, server: str) -> bool:
     """One echo request from `source` (a ping socket): True when the reply comes back."""
     def attempt() -> bool:
         v6 = ":" in source
         proto, request = (socket.IPPROTO_ICMPV6, 128) if v6 else (socket.IPPROTO_ICMP, 8)
-        with socket.socket(_family(source), socket.SOCK_DGRAM, proto) as s:
+        with socket.socket(family_of(source), socket.SOCK_DGRAM, proto) as s:
             s.settimeout(QUICK)
             s.bind((source, 0))
             s.sendto(struct.pack("!BBHHH", request, 0, 0, 0, 1) + b"bansink", (server, 0))
@@ -336,6 +286,6 @@ def test_a_changed_limit_gets_new_sets_and_the_old_ones_go(ns: Netns, listening:
     assert [connects(ns, CLIENT4, SERVER4, SMTP) for _ in range(2)] == [True, True]
     setup(ns, smtp(2, 60))
     names = {i["set"]["name"] for i in ns.nft_json("list", "sets", "inet")["nftables"]
-             if "set" in i}
+             if "set" in i and i["set"]["name"].startswith(SET_PREFIX)}
     assert names == {"ratelimit_smtp_2in60s_ip", "ratelimit_smtp_2in60s_ip6"}
     assert [connects(ns, CLIENT4, SERVER4, SMTP) for _ in range(3)] == [True, True, False]
