@@ -110,12 +110,14 @@ def _test(args: argparse.Namespace) -> int:
         settings = chosen.settings
         if not sources:
             sources = [jail_sources[name] for name in chosen.sources]
-    if not sources:
+    routed = not sources  # every built-in source: each line to those of its tag
+    if routed:
         sources = list(builtin_filter_sources().values())
     tally = Tally()
     try:
         with open(args.log, encoding="utf-8", errors="surrogateescape") as lines:
-            found = list(scan(lines, sources, now, tally, keep_missed=args.missed))
+            found = list(scan(lines, sources, now, tally, keep_missed=args.missed,
+                              routed=routed))
     except OSError as exc:
         return _fail(f"{args.log}: {exc.strerror or exc}")
     bans = list(replay(found, settings, now)) if settings is not None else None

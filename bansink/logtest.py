@@ -11,23 +11,25 @@ with `#` are skipped and not counted, as fail2ban-regex does.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from ipaddress import ip_address
-from typing import TextIO
+from typing import NamedTuple, TextIO
 
 from bansink.engine.events import SecurityEvent
 from bansink.engine.filters.filter import Failure, Ignored, LineResult
 from bansink.engine.jail import Jail, JailSettings
-from bansink.engine.sources import FilterSource, Source
+from bansink.engine.sources import FilterSource, Source, tags_of
 from bansink.receiver.syslog import SyslogMessage, parse_syslog
 
 
-@dataclass(frozen=True, slots=True)
-class Found:
+class Found(NamedTuple):
+    """A failure found on a line (a NamedTuple: one per matched line, built fast)."""
+
     lineno: int
     host: str
     user: str | None
@@ -52,16 +54,46 @@ def _event(source: Source, message: SyslogMessage) -> Found | None:
     return None
 
 
-def _result(source: Source, line: str, now: float) -> LineResult | Found | None:
-    """One source on one line: a filter's full result, or (code sources) a Found or None."""
-    if line.startswith("<") and line[1:4].rstrip(">").isdigit():
-        message = parse_syslog(line.encode(), peer="test", received_at=now)
-        if isinstance(message, SyslogMessage):
-            return _event(source, message)
+def _result(source: Source, line: str, message: SyslogMessage | None,
+            now: float) -> LineResult | Found | None:
+    """One source on one line (`message`: the line parsed, if it is a syslog message as sent):
+    a filter's full result, or (code sources) a Found or None."""
+    if message is not None:
+        return _event(source, message)
     if isinstance(source, FilterSource):
         return source.filter.match(line, now)
     return _event(source, SyslogMessage(1, 5, "rfc3164", None, None, None, None, None, None,
                                         line, "test", now, line.encode()))
+
+
+_FILE_TAG = re.compile(r"(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT[\d:.]+"
+                       r"(?:Z|[+-]\d\d:\d\d)?) [^\s:]\S* ([^\s\[:]+)")
+"""A syslog file line's tag: `Mmm dd hh:mm:ss host TAG[pid]: ` (or an RFC 3339 time)."""
+
+
+class Routes:
+    """Which sources a line goes to, as the daemon picks them: by its syslog tag, one dict
+    lookup (`routed`); or every source in turn (not routed: sources the user named)."""
+
+    def __init__(self, sources: Sequence[Source], routed: bool) -> None:
+        self.sources = tuple(sources)
+        self.routed = routed
+        self._cache: dict[str | None, tuple[Source, ...]] = {}
+
+    def __call__(self, tag: str | None, headed: bool) -> tuple[Source, ...]:
+        """The sources for a line with this tag; `headed`: the line has a syslog header (a
+        line without one is an application's own file: every source that reads the message
+        text alone, and those without tags)."""
+        if not self.routed:
+            return self.sources
+        key = tag if headed else "\0"
+        chosen = self._cache.get(key)
+        if chosen is None:
+            chosen = self._cache[key] = tuple(
+                source for source in self.sources
+                if (tags := tags_of(source)) is None
+                or (tag in tags if headed else getattr(source, "line", "") == "message"))
+        return chosen
 
 
 def _name(source: Source) -> str:
@@ -69,8 +101,10 @@ def _name(source: Source) -> str:
 
 
 def scan(lines: Iterable[str], sources: Sequence[Source], now: float,
-         tally: Tally, keep_missed: bool = False) -> Iterator[Found]:
-    """The failures in `lines`, in order; `tally` counts as fail2ban-regex does."""
+         tally: Tally, keep_missed: bool = False, routed: bool = False) -> Iterator[Found]:
+    """The failures in `lines`, in order; `tally` counts as fail2ban-regex does. `routed`:
+    each line goes only to the sources of its syslog tag, as in the daemon (Routes)."""
+    routes = Routes(sources, routed)
     for lineno, raw in enumerate(lines, 1):
         line = raw.rstrip("\r\n")
         if not line.strip() or line.startswith("#"):
@@ -78,13 +112,23 @@ def scan(lines: Iterable[str], sources: Sequence[Source], now: float,
         tally.lines += 1
         ignored = False
         found: Found | None = None
-        for source in sources:
-            result = _result(source, line, now)
+        message: SyslogMessage | None = None
+        if line.startswith("<") and line[1:4].rstrip(">").isdigit():
+            parsed = parse_syslog(line.encode(), peer="test", received_at=now)
+            message = parsed if isinstance(parsed, SyslogMessage) else None
+        if message is not None:
+            chosen = routes(message.app_name, True)
+        else:
+            header = _FILE_TAG.match(line) if routed else None
+            chosen = routes(header.group(1) if header else None, header is not None)
+        for source in chosen:
+            result = source.filter.match(line, now) if message is None and \
+                isinstance(source, FilterSource) else _result(source, line, message, now)
             if isinstance(result, Failure):
                 found = Found(lineno, result.host, result.user, result.time, _name(source))
                 break
             if isinstance(result, Found):
-                found = replace(result, lineno=lineno)
+                found = result._replace(lineno=lineno)
                 break
             ignored = ignored or isinstance(result, Ignored)
         if found is not None:

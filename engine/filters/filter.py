@@ -94,14 +94,16 @@ class Filter:
     metadata: Mapping[str, str] = field(default_factory=dict)
 
     def match(self, line: str, now: float) -> LineResult:
-        """Find the line's date (relative to `now` where it lacks a year), cut it out, match."""
+        """Find the line's date (relative to `now` where it lacks a year), cut it out, match.
+        The date is read only for a failure (reading it is most of a miss's cost)."""
         found = find_date(line, self.dates) if self.dates else None
-        when = None
-        if found is not None:
-            matched, template = found
-            when = template.read(matched, now)
-            line = line[:matched.start(1)] + line[matched.end(1):]
-        return self.match_text(line, when)
+        if found is None:
+            return self.match_text(line)
+        matched, template = found
+        result = self.match_text(line[:matched.start(1)] + line[matched.end(1):])
+        if isinstance(result, Failure):
+            return result._replace(time=template.read(matched, now))
+        return result
 
     def match_text(self, text: str, when: float | None = None) -> LineResult:
         """Match a line whose date is already cut out; `when` is its time, if known."""
