@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from datetime import datetime
@@ -19,7 +20,7 @@ from .config import DEFAULT_PATH, Config, ConfigError, load_config
 from .daemon import ListenError, serve
 from .jails import jails_and_sources
 from .logs import configure_logging
-from .logtest import Tally, replay, report, scan
+from .logtest import Tally, replay, report, scan_file
 from .store.journal import JournalError
 
 
@@ -115,11 +116,13 @@ def _test(args: argparse.Namespace) -> int:
         sources = list(builtin_filter_sources().values())
     tally = Tally()
     try:
-        with open(args.log, encoding="utf-8", errors="surrogateescape") as lines:
-            found = list(scan(lines, sources, now, tally, keep_missed=args.missed,
-                              routed=routed))
+        with open(args.log, encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.readlines()
     except OSError as exc:
         return _fail(f"{args.log}: {exc.strerror or exc}")
+    found = scan_file(lines, sources, now, tally, keep_missed=args.missed, routed=routed,
+                      jobs=args.jobs)
+    del lines
     bans = list(replay(found, settings, now)) if settings is not None else None
     report(found, tally, bans, as_json=args.json)
     return 0
@@ -156,6 +159,8 @@ def parser() -> argparse.ArgumentParser:
     test.add_argument("--now", help="ISO date: the year of lines without one (default: today)")
     test.add_argument("--missed", action="store_true", help="list the lines nothing matched")
     test.add_argument("--json", action="store_true", help="JSON Lines, one object per failure")
+    test.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                      help="processes reading a large file (default: one per CPU)")
     test.set_defaults(func=_test)
     nft = sub.add_parser("nft", help="manage bansink's nftables table")
     nft_sub = nft.add_subparsers(dest="nft_command", required=True)
@@ -178,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc))
     except NftablesError as exc:
         return _fail(f"nftables: {exc}")
+    except BrokenPipeError:  # `bansink test big.log | head`: the reader left, as for any tool
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except ListenError as exc:
         return _fail(str(exc))
     except JournalError as exc:

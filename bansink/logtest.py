@@ -143,6 +143,51 @@ def scan(lines: Iterable[str], sources: Sequence[Source], now: float,
                 tally.missed_lines.append((lineno, line))
 
 
+CHUNK = 50_000
+"""Lines per piece of work when `bansink test` reads a file on several cores."""
+
+_shared: tuple[Sequence[Source], float, bool, bool] | None = None
+"""The sources and options a worker process inherits (fork): compiled once, never pickled."""
+
+
+def _scan_chunk(piece: tuple[int, list[str]]) -> tuple[list[Found], Tally]:
+    assert _shared is not None
+    sources, now, keep_missed, routed = _shared
+    first, lines = piece
+    tally = Tally()
+    found = [item._replace(lineno=item.lineno + first) for item in
+             scan(lines, sources, now, tally, keep_missed, routed)]
+    tally.missed_lines = [(lineno + first, line) for lineno, line in tally.missed_lines]
+    return found, tally
+
+
+def scan_file(lines: Sequence[str], sources: Sequence[Source], now: float, tally: Tally,
+              keep_missed: bool = False, routed: bool = False, jobs: int = 1) -> list[Found]:
+    """scan() over a whole file, on `jobs` processes (forked, so the sources are not copied)
+    in pieces of CHUNK lines, merged in the file's order."""
+    global _shared
+    if jobs <= 1 or len(lines) <= CHUNK:
+        return list(scan(lines, sources, now, tally, keep_missed, routed))
+    import multiprocessing
+
+    _shared = (sources, now, keep_missed, routed)
+    pieces = [(start, list(lines[start:start + CHUNK])) for start in range(0, len(lines), CHUNK)]
+    found: list[Found] = []
+    try:
+        with multiprocessing.get_context("fork").Pool(jobs) as pool:
+            for part, counted in pool.imap(_scan_chunk, pieces):
+                found += part
+                tally.lines += counted.lines
+                tally.ignored += counted.ignored
+                tally.matched += counted.matched
+                tally.missed += counted.missed
+                tally.hosts.update(counted.hosts)
+                tally.missed_lines += counted.missed_lines
+    finally:
+        _shared = None
+    return found
+
+
 @dataclass(frozen=True, slots=True)
 class WouldBan:
     host: str

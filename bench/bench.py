@@ -80,9 +80,10 @@ class Bench:
     """--no-journal: the udp, tcp, latency and burst phases run without the journal."""
 
     def start(self, maxretry: int, journal: Path | None = None, *,
-              durable: bool = False) -> None:
+              durable: bool = False, jails: str | None = None) -> None:
         """A daemon with a fresh journal (or the one given, e.g. to time its replay); none with
-        --no-journal unless `durable` (RELP's figures are with durability)."""
+        --no-journal unless `durable` (RELP's figures are with durability). `jails`: TOML
+        `[jails.NAME]` sections instead of the single `[jail]`."""
         self.starts = getattr(self, "starts", 0) + 1
         path: Path | str = journal or self.tmp / f"journal-{self.starts}.db"
         if self.no_journal and not durable:
@@ -96,11 +97,7 @@ relp = ["127.0.0.1:20514"]
 udp_receive_buffer = 33554432
 [journal]
 path = "{path}"
-[jail]
-maxretry = {maxretry}
-findtime = "1h"
-bantime = "1h"
-[engine]
+{jails or self._jail(maxretry)}[engine]
 max_tracked = 1000000
 [log]
 format = "json"
@@ -113,6 +110,10 @@ format = "json"
         self.wait(lambda: self.events("started") or proc.poll() is not None, 300)
         if proc.poll() is not None:
             raise SystemExit(f"bench: bansink exited: {self.log.read_text()[-2000:]}")
+
+    @staticmethod
+    def _jail(maxretry: int) -> str:
+        return f'[jail]\nmaxretry = {maxretry}\nfindtime = "1h"\nbantime = "1h"\n'
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -27,11 +27,17 @@ def sample_lines() -> list[str]:
     return lines
 
 
-def mixed_log(count: int, seed: int = 1) -> list[str]:
+def mixed_log(count: int, seed: int = 1, ipv6: bool = False) -> list[str]:
+    """`count` sample lines drawn at random, each address replaced by a random one: from the
+    three IPv4 documentation /24s (762 addresses: a file fail2ban-regex reads too), or with
+    `ipv6` from 2001:db8::/32 (nearly every line a new client, as on a daemon under attack from
+    many addresses)."""
     rng = random.Random(seed)
     templates = sample_lines()
 
     def address(_: re.Match[str]) -> str:
+        if ipv6:
+            return f"2001:db8:{rng.randrange(1 << 16):x}:{rng.randrange(1 << 16):x}::1"
         net = rng.choice(_NETS)
         return str(net.network_address + rng.randrange(1, 255))
 
