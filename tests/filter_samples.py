@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from bansink.engine.filters.dates import zone_changed
 from bansink.engine.filters.filter import Failure, Filter, FilterError, filter_from_file
 
 TEST_NOW = 1124013600.0
@@ -34,6 +35,7 @@ def clock() -> Iterator[float]:
     old = os.environ.get("TZ")
     os.environ["TZ"] = TEST_ZONE
     time.tzset()
+    zone_changed()
     try:
         yield TEST_NOW
     finally:
@@ -42,6 +44,7 @@ def clock() -> Iterator[float]:
         else:
             os.environ["TZ"] = old
         time.tzset()
+        zone_changed()
 
 
 def fail2ban_root() -> Path | None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import calendar
 import functools
 import re
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -136,7 +135,7 @@ class DateTemplate:
         """The match's time, seconds since the epoch (None if it is no valid date)."""
         try:
             if self.kind == "pattern":
-                return _pattern_time(tuple(match.groupdict().items()), now, time.tzname)
+                return _pattern_time(tuple(match.groupdict().items()), now)
             if self.kind == "tai64n":
                 return float(int(match.group(1)[2:17], 16))
             if self.kind == "none":
@@ -304,12 +303,16 @@ def _zone_minutes(zone: str) -> int | None:
 
 
 @functools.lru_cache(maxsize=4096)
-def _pattern_time(groups: tuple[tuple[str, str | None], ...], now: float,
-                  zone: tuple[str, str]) -> float | None:
+def _pattern_time(groups: tuple[tuple[str, str | None], ...], now: float) -> float | None:
     """_from_groups, remembered: a log's lines share their seconds (measured: 7 us a line
-    without the cache, most of a matched line's cost). `zone`, the local zone's names, is part
-    of the key: a time without a zone is local time."""
+    without the cache, most of a matched line's cost). A time without a zone is local time:
+    whoever changes the process's zone (TZ and tzset, as the tests do) calls zone_changed()."""
     return _from_groups(dict(groups), now)
+
+
+def zone_changed() -> None:
+    """Forget the remembered times: the local time zone is another now."""
+    _pattern_time.cache_clear()
 
 
 def _from_groups(groups: Mapping[str, str | None], now: float) -> float | None:

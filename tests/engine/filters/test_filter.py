@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bansink.engine.filters.conf import parse_spec
-from bansink.engine.filters.dates import find_date, templates
+from bansink.engine.filters.dates import find_date, templates, zone_changed
 from bansink.engine.filters.filter import (
     Failure,
     FilterError,
@@ -30,12 +30,14 @@ def utc():
     old = os.environ.get("TZ")
     os.environ["TZ"] = "UTC"
     time.tzset()
+    zone_changed()
     yield
     if old is None:
         del os.environ["TZ"]
     else:
         os.environ["TZ"] = old
     time.tzset()
+    zone_changed()
 
 
 def write(folder: Path, name: str, text: str) -> Path:
