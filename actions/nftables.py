@@ -466,8 +466,7 @@ class NftablesSet:
             if unknown:
                 reasons.append(f"no set pair for jail {', '.join(sorted(unknown))} (not in the "
                                f"running config)")
-            why = "; ".join(reasons)
-            why = f"refused {named}{more}: {why}"
+            why = f"refused {named}{more}: {'; '.join(reasons)}"
             error = why if error is None else f"{error}; {why}"
             failed = [*failed, *refused]
         if error is not None:

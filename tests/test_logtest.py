@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import bansink.logtest as logtest
+from bansink.engine.sources import builtin_filter_sources
+
 SEED = Path(__file__).parent / "engine" / "sources" / "james-seed.log"
 
 
@@ -55,3 +58,38 @@ def test_a_jail_replays_the_log_by_its_own_times(tmp_path: Path):
 def test_an_unknown_source_is_a_usage_error():
     done = bansink(SEED, "--source", "nope")
     assert done.returncode == 2 and "unknown" in done.stderr
+
+
+SAMPLES = Path(__file__).parent / "engine" / "sources" / "samples"
+
+
+def sample_lines() -> list[str]:
+    return [line for path in sorted(SAMPLES.glob("*.log"))
+            for line in path.read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+
+
+def test_every_built_in_source_routed_by_tag_finds_what_trying_each_in_turn_finds():
+    lines, sources = sample_lines(), list(builtin_filter_sources().values())
+    each = {f.lineno: f for f in logtest.scan(lines, sources, 1124013600.0, logtest.Tally())}
+    routed_tally = logtest.Tally()
+    routed = {f.lineno: f for f in logtest.scan(lines, sources, 1124013600.0, routed_tally,
+                                                     routed=True)}
+    assert len(routed) > 100 and routed_tally.lines == len(lines)
+    assert all(each[n] == found for n, found in routed.items())
+    # what routing leaves out is a Postfix instance with its own syslog_name, which the daemon
+    # does not hand to postfix-sasl either (the jail's `tags` does)
+    assert {lines[n - 1].split()[4] for n in each.keys() - routed.keys()} == \
+        {"postfix-in/smtpd[10752]:"}
+
+
+def test_a_file_read_on_several_processes_gives_what_one_process_gives(monkeypatch):
+    monkeypatch.setattr(logtest, "CHUNK", 50)
+    lines, sources = sample_lines() * 3, list(builtin_filter_sources().values())
+    one, two = logtest.Tally(), logtest.Tally()
+    alone = logtest.scan_file(lines, sources, 1124013600.0, one, keep_missed=True, routed=True)
+    shared = logtest.scan_file(lines, sources, 1124013600.0, two, keep_missed=True, routed=True,
+                               jobs=2)
+    assert len(lines) > 3 * 50 and alone == shared
+    assert (one.lines, one.matched, one.missed, one.hosts, one.missed_lines) == \
+        (two.lines, two.matched, two.missed, two.hosts, two.missed_lines)
