@@ -285,6 +285,7 @@ class Daemon:
             "outcomes": dict(self.pipeline.counts),
             "tracked": self.pipeline.tracked,
             "evicted": self.pipeline.evicted,
+            "held_banned": self.pipeline.held,
             "relp_resend_memory": self.guard.remembered,
             **self.enforcer.counters(),
             **(self.journal.counters() if self.journal is not None else {}),

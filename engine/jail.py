@@ -3,6 +3,11 @@
 A jail bans an address once it has `maxretry` failures within `findtime` seconds, for `bantime`
 seconds. Memory is bounded: at most `max_tracked` addresses are tracked; past that the address
 whose latest failure is oldest is forgotten first (and counted in `evicted`).
+
+An address a jail has banned is not banned again by that jail until the ban ends: the failures
+still in flight from it (a burst read after the decision, a journal replayed at start) are
+counted (`held`) and journaled, but make no new ban, as fail2ban's list of banned addresses does
+(a 100,000-line burst once gave 6,800 ban operations for 251 attackers).
 """
 
 from __future__ import annotations
@@ -42,10 +47,20 @@ class Jail:
         # address's latest failure, so expiry and eviction pop from the front.
         self._failures: OrderedDict[IPAddress, float | tuple[float, ...]] = OrderedDict()
         self.evicted = 0
+        self._banned: OrderedDict[IPAddress, float] = OrderedDict()
+        """address -> monotonic end of this jail's ban of it, in the order they were decided
+        (so, with one bantime, the order in which they end)"""
+        self.held = 0
+        """Failures of addresses this jail had banned already: counted, no new ban."""
 
     @property
     def tracked(self) -> int:
         return len(self._failures)
+
+    @property
+    def banned(self) -> int:
+        """Addresses whose ban by this jail has not ended (as far as the jail knows)."""
+        return len(self._banned)
 
     def _times(self, ip: IPAddress) -> tuple[float, ...]:
         times = self._failures.get(ip, ())
@@ -67,6 +82,12 @@ class Jail:
     def observe(self, ip: IPAddress, now: float) -> Ban | None:
         """Record one failure of `ip` at `now`; return a ban when it crosses `maxretry`."""
         s = self.settings
+        end = self._banned.get(ip)
+        if end is not None:
+            if end > now:
+                self.held += 1
+                return None
+            del self._banned[ip]
         failures = self._failures
         before = failures.pop(ip, None)
         if before is None:
@@ -84,6 +105,9 @@ class Jail:
             else:
                 times = (before, now) if before > horizon else (now,)
         if len(times) >= s.maxretry:
+            self._banned[ip] = now + s.bantime
+            if len(self._banned) > s.max_tracked:
+                self._banned.popitem(last=False)
             return Ban(target=ip, origin=Origin.JAIL, jail=s.name, failures=len(times),
                        bantime=s.bantime, decided_at=now)
         failures[ip] = times[0] if len(times) == 1 else times
@@ -91,13 +115,21 @@ class Jail:
 
     def next_deadline(self) -> float | None:
         """When the address quiet the longest leaves the window (`expire` has work), if any."""
-        if not self._failures:
-            return None
-        times = next(iter(self._failures.values()))
-        return (times[-1] if isinstance(times, tuple) else times) + self.settings.findtime
+        deadlines = []
+        if self._failures:
+            times = next(iter(self._failures.values()))
+            deadlines.append((times[-1] if isinstance(times, tuple) else times)
+                             + self.settings.findtime)
+        if self._banned:
+            deadlines.append(next(iter(self._banned.values())))
+        return min(deadlines, default=None)
 
     def expire(self, now: float) -> int:
-        """Forget addresses whose latest failure has left the window; return how many."""
+        """Forget addresses whose latest failure has left the window, and bans that ended;
+        return how many addresses left the window."""
+        banned = self._banned
+        while banned and next(iter(banned.values())) <= now:
+            banned.popitem(last=False)
         horizon = now - self.settings.findtime
         failures = self._failures
         dropped = 0

@@ -199,6 +199,11 @@ class SecurityPipeline:
     def evicted(self) -> int:
         return sum(jail.evicted for jail in self.jails)
 
+    @property
+    def held(self) -> int:
+        """Failures of addresses already banned by that jail: counted, not banned again."""
+        return sum(jail.held for jail in self.jails)
+
     def expire(self, now: float) -> int:
         return sum(jail.expire(now) for jail in self.jails)
 

@@ -95,3 +95,29 @@ def test_trim_forgets_the_quietest_past_a_lowered_max_tracked():
     j.settings = JailSettings("t", maxretry=5, findtime=60, bantime=1, max_tracked=1)
     assert j.trim() == 1 and j.tracked == 1 and j.evicted == 1
     assert j.next_deadline() == 62.0  # B, the latest, stays
+
+
+def test_an_address_already_banned_is_not_banned_again_until_its_ban_ends():
+    jail = Jail(JailSettings("j", maxretry=2, findtime=60, bantime=100))
+    ip = ip_address("203.0.113.7")
+    assert jail.observe(ip, 0.0) is None
+    assert jail.observe(ip, 1.0) is not None
+    # the failures still in flight from it: counted, no second ban
+    assert [jail.observe(ip, 2.0 + i) for i in range(10)] == [None] * 10
+    assert jail.held == 10 and jail.banned == 1 and jail.tracked == 0
+    assert jail.next_deadline() == 101.0
+    # once the ban is over, it counts from zero again
+    assert jail.observe(ip, 102.0) is None
+    assert jail.observe(ip, 103.0) is not None
+    assert jail.held == 10
+
+
+def test_ended_bans_are_forgotten_by_expiry_and_bounded_by_max_tracked():
+    jail = Jail(JailSettings("j", maxretry=1, findtime=60, bantime=10, max_tracked=3))
+    for i in range(5):
+        assert jail.observe(ip_address(f"203.0.113.{i}"), float(i)) is not None
+    assert jail.banned == 3  # the two oldest went first
+    jail.expire(12.5)  # the bans decided at 2.0 ended at 12.0
+    assert jail.banned == 2
+    jail.expire(100.0)
+    assert jail.banned == 0 and jail.next_deadline() is None
