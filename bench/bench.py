@@ -204,14 +204,12 @@ def udp_phase(b: Bench, count: int, rate: int) -> dict:
     return result
 
 
-def tcp_phase(b: Bench, count: int) -> dict:
-    b.start(maxretry=NEVER)
-    rss_idle = b.rss_mib()[0]
-    frames = []
-    for i in range(count):  # built before the clock starts: the sender must not be the bound
-        m = LINE.format(ip=client_ip(i)).encode()
-        frames.append(b"%d %s" % (len(m), m))
-    chunks = [b"".join(frames[i : i + 2000]) for i in range(0, count, 2000)]
+def send_tcp(b: Bench, messages: list[bytes]) -> float:
+    """The messages octet-counted on one TCP connection, as fast as bansink reads them: the
+    seconds until the daemon has received them all. The frames are built before the clock
+    starts (the sender must not be the bound)."""
+    frames = [b"%d %s" % (len(m), m) for m in messages]
+    chunks = [b"".join(frames[i : i + 2000]) for i in range(0, len(frames), 2000)]
     del frames
     sock = b.socket(socket.SOCK_STREAM)
     sock.connect(("127.0.0.1", PORT))
@@ -219,8 +217,14 @@ def tcp_phase(b: Bench, count: int) -> dict:
     for chunk in chunks:
         sock.sendall(chunk)
     sock.close()
-    b.wait(lambda: b.received() >= count, 600)
-    elapsed = time.perf_counter() - t0
+    b.wait(lambda: b.received() >= len(messages), 600)
+    return time.perf_counter() - t0
+
+
+def tcp_phase(b: Bench, count: int) -> dict:
+    b.start(maxretry=NEVER)
+    rss_idle = b.rss_mib()[0]
+    elapsed = send_tcp(b, [LINE.format(ip=client_ip(i)).encode() for i in range(count)])
     rss, hwm = b.rss_mib()
     stats = b.events("stats")[-1]
     b.stop()

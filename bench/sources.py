@@ -24,7 +24,6 @@ import json
 import os
 import re
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,7 +42,7 @@ from bansink.engine.jail import JailSettings  # noqa: E402
 from bansink.engine.pipeline import JailSpec, Protections, SecurityPipeline  # noqa: E402
 from bansink.engine.sources import builtin_filter_sources, builtin_sources  # noqa: E402
 from bansink.receiver.syslog import SyslogMessage, parse_syslog  # noqa: E402
-from bench import BIN, NEVER, PORT, Bench  # noqa: E402
+from bench import BIN, NEVER, Bench, send_tcp  # noqa: E402
 
 NOW = "2005-08-14"
 _HEADER = re.compile(r"^([A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) (\S+) (\S+?)(\[\d+\])?: (.*)$")
@@ -129,19 +128,11 @@ def tcp_phase(text: list[str], tmp: Path) -> dict:
     b = Bench(tmp)
     try:
         b.start(maxretry=NEVER, jails=jails)
-        frames = [b"%d %s" % (len(m), m) for m in as_messages(text)]
-        chunks = [b"".join(frames[i:i + 2000]) for i in range(0, len(frames), 2000)]
-        sock = b.socket(socket.SOCK_STREAM)
-        sock.connect(("127.0.0.1", PORT))
-        start = time.perf_counter()
-        for chunk in chunks:
-            sock.sendall(chunk)
-        sock.close()
-        b.wait(lambda: b.received() >= len(frames), 600)
-        elapsed = time.perf_counter() - start
+        messages = as_messages(text)
+        elapsed = send_tcp(b, messages)
         stats = b.events("stats")[-1]
-        return {"messages": len(frames), "seconds": round(elapsed, 2),
-                "msg_per_s": round(len(frames) / elapsed), "outcomes": stats.get("outcomes")}
+        return {"messages": len(messages), "seconds": round(elapsed, 2),
+                "msg_per_s": round(len(messages) / elapsed), "outcomes": stats.get("outcomes")}
     finally:
         b.close()
 

@@ -30,14 +30,15 @@ _DIRECTIVE = re.compile(r"^#+ ?(failJSON|(?:file|filter)Options|addFILE):(.+)$")
 
 
 @contextmanager
-def clock() -> Iterator[float]:
-    """fail2ban's test time zone for the duration; yields its test 'now'."""
+def local_zone(name: str) -> Iterator[None]:
+    """The process's local time zone is `name` (TZ) for the duration; the filters' remembered
+    times follow it both ways."""
     old = os.environ.get("TZ")
-    os.environ["TZ"] = TEST_ZONE
+    os.environ["TZ"] = name
     time.tzset()
     zone_changed()
     try:
-        yield TEST_NOW
+        yield
     finally:
         if old is None:
             del os.environ["TZ"]
@@ -45,6 +46,13 @@ def clock() -> Iterator[float]:
             os.environ["TZ"] = old
         time.tzset()
         zone_changed()
+
+
+@contextmanager
+def clock() -> Iterator[float]:
+    """fail2ban's test time zone for the duration; yields its test 'now'."""
+    with local_zone(TEST_ZONE):
+        yield TEST_NOW
 
 
 def fail2ban_root() -> Path | None:

@@ -3,14 +3,12 @@ what is refused, and the warnings an operator gets."""
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 
 import pytest
 
 from bansink.engine.filters.conf import parse_spec
-from bansink.engine.filters.dates import find_date, templates, zone_changed
+from bansink.engine.filters.dates import find_date, templates
 from bansink.engine.filters.filter import (
     Failure,
     FilterError,
@@ -22,22 +20,15 @@ from bansink.engine.filters.filter import (
     load_filter,
 )
 
+from filter_samples import local_zone
+
 NOW = 1124013600.0  # 2005-08-14 10:00 UTC
 
 
 @pytest.fixture(autouse=True)
 def utc():
-    old = os.environ.get("TZ")
-    os.environ["TZ"] = "UTC"
-    time.tzset()
-    zone_changed()
-    yield
-    if old is None:
-        del os.environ["TZ"]
-    else:
-        os.environ["TZ"] = old
-    time.tzset()
-    zone_changed()
+    with local_zone("UTC"):
+        yield
 
 
 def write(folder: Path, name: str, text: str) -> Path:
