@@ -122,8 +122,7 @@ def scan(lines: Iterable[str], sources: Sequence[Source], now: float,
             header = _FILE_TAG.match(line) if routed else None
             chosen = routes(header.group(1) if header else None, header is not None)
         for source in chosen:
-            result = source.filter.match(line, now) if message is None and \
-                isinstance(source, FilterSource) else _result(source, line, message, now)
+            result = _result(source, line, message, now)
             if isinstance(result, Failure):
                 found = Found(lineno, result.host, result.user, result.time, _name(source))
                 break
