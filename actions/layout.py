@@ -8,12 +8,15 @@ bans dropped. The alternative, one pair of `ipv4_addr . inet_service` concatenat
 put a ban's ports into every element (a jail with five ports: five elements per ban) and make
 the listing a list of pairs. An address banned by two jails is an element of both pairs, each
 with its own timeout, as fail2ban's chain per jail has it. Without jails (an old `[jail]`
-config) every ban goes to one shared pair, `ban4`/`ban6`.
+config) every ban goes to one shared pair, `ban4`/`ban6`. An admin's ban without a jail
+(`bansink ban IP`) goes to the `manual` scope, which closes every port.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from bansink.engine.decisions import MANUAL_JAIL
 
 from .nftjson import PortRange
 from .ratelimit import RateLimit
@@ -37,9 +40,16 @@ class Layout:
     exempt: tuple[str, ...] = ()
     """Networks (CIDR) the rate limits never apply to: ignoreip, senders, trusted proxies."""
 
+    @property
+    def scopes(self) -> tuple[JailScope, ...]:
+        """Every scope with sets of its own: the jails' (or the shared one), then `manual`."""
+        return (*(self.jails or (JailScope("", self.ports),)), JailScope(MANUAL_JAIL))
+
     def scope(self, jail: str) -> JailScope | None:
         """The scope a ban of `jail` goes to; None when jails are configured and this is none
         of them."""
+        if jail == MANUAL_JAIL:
+            return JailScope(MANUAL_JAIL)
         if not self.jails:
             return JailScope("", self.ports)
         for scope in self.jails:

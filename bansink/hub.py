@@ -27,8 +27,12 @@ def digest_of(message: SyslogMessage) -> bytes:
     return hashlib.blake2b(message.peer.encode() + b"\0" + message.raw, digest_size=16).digest()
 
 
-def journal_row(message: SyslogMessage, transport: str, digest: bytes) -> JournalRow:
-    return JournalRow(message.received_at, transport, message.peer, message.raw, digest)
+def journal_row(message: SyslogMessage, transport: str, digest: bytes,
+                outcome: Counted | Banned) -> JournalRow:
+    """The row of a message that counted, with the address it counted for."""
+    address = outcome.ip if isinstance(outcome, Counted) else outcome.bans[0].target
+    return JournalRow(message.received_at, transport, message.peer, message.raw, digest,
+                      str(address), outcome.event.service)
 
 
 class Hub:
@@ -110,8 +114,8 @@ class Hub:
         if digest:
             self.guard.took(session, digest, counted=counted)
         if counted and self.journal is not None:
-            assert isinstance(message, SyslogMessage)
-            self.journal.put(journal_row(message, transport, digest), done, session)
+            assert isinstance(message, SyslogMessage) and isinstance(outcome, Counted | Banned)
+            self.journal.put(journal_row(message, transport, digest, outcome), done, session)
         elif done is not None:
             done()
         if isinstance(outcome, Banned):

@@ -14,6 +14,9 @@ from .addresses import IPAddress, IPNetwork
 Target = IPAddress | IPNetwork
 """What a ban covers: one address, or a whole network (prefix bans)."""
 
+MANUAL_JAIL = "manual"
+"""Where an admin's ban without a jail is filed: its own sets, closing every port."""
+
 
 class Origin(StrEnum):
     """Who decided a ban."""
@@ -37,6 +40,6 @@ class Ban:
     failures: int
     """Failures inside the window that triggered the ban."""
     bantime: float
-    """Seconds the ban lasts."""
+    """Seconds the ban lasts (math.inf: until lifted)."""
     decided_at: float
     """Monotonic time of the decision (the `now` it was made with)."""

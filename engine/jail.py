@@ -52,6 +52,10 @@ class Jail:
         (so, with one bantime, the order in which they end)"""
         self.held = 0
         """Failures of addresses this jail had banned already: counted, no new ban."""
+        self.failed = 0
+        """Failures observed since start (fail2ban's "Total failed")."""
+        self.bans = 0
+        """Bans decided since start (fail2ban's "Total banned")."""
 
     @property
     def tracked(self) -> int:
@@ -82,6 +86,7 @@ class Jail:
     def observe(self, ip: IPAddress, now: float) -> Ban | None:
         """Record one failure of `ip` at `now`; return a ban when it crosses `maxretry`."""
         s = self.settings
+        self.failed += 1
         end = self._banned.get(ip)
         if end is not None:
             if end > now:
@@ -108,10 +113,25 @@ class Jail:
             self._banned[ip] = now + s.bantime
             if len(self._banned) > s.max_tracked:
                 self._banned.popitem(last=False)
+            self.bans += 1
             return Ban(target=ip, origin=Origin.JAIL, jail=s.name, failures=len(times),
                        bantime=s.bantime, decided_at=now)
         failures[ip] = times[0] if len(times) == 1 else times
         return None
+
+    def remember(self, ip: IPAddress, until: float) -> None:
+        """Hold `ip`'s failures until `until` (monotonic): a ban that runs till then (made
+        longer, made by hand, restored at start), or one lifted then, whose earlier failures
+        must not count again when the journal is replayed."""
+        self._failures.pop(ip, None)
+        self._banned.pop(ip, None)
+        self._banned[ip] = until
+
+    def forget(self, ip: IPAddress) -> None:
+        """An unban: `ip` starts again from no failures and is banned again after `maxretry`
+        more."""
+        self._failures.pop(ip, None)
+        self._banned.pop(ip, None)
 
     def next_deadline(self) -> float | None:
         """When the address quiet the longest leaves the window (`expire` has work), if any."""

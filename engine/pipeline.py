@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 from bansink.receiver.syslog import SyslogMessage
@@ -24,11 +24,14 @@ class Protections:
     trusted_proxies: NetworkSet
     ignoreip: NetworkSet
     senders: NetworkSet
+    allowed: NetworkSet = field(default_factory=lambda: NetworkSet(()))
+    """The admin's allow entries (`bansink allow`)."""
     any: NetworkSet = field(init=False)
-    """All three at once: one membership test for the common, unprotected case."""
+    """All of them at once: one membership test for the common, unprotected case."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "any", self.trusted_proxies | self.ignoreip | self.senders)
+        object.__setattr__(self, "any",
+                           self.trusted_proxies | self.ignoreip | self.senders | self.allowed)
 
     def reason(self, ip: IPAddress) -> str | None:
         if ip not in self.any:
@@ -39,6 +42,8 @@ class Protections:
             return "ignoreip"
         if ip in self.senders:
             return "sender"
+        if ip in self.allowed:
+            return "allowed"
         return None
 
 
@@ -73,7 +78,7 @@ class Counted(NamedTuple):
 
 class Ignored(NamedTuple):
     reason: str
-    """unresolvable, trusted_proxy, ignoreip or sender"""
+    """unresolvable, trusted_proxy, ignoreip, sender or allowed"""
     event: SecurityEvent
 
 
@@ -102,6 +107,7 @@ class SecurityPipeline:
         self._sources = sources
         self.jails: tuple[Jail, ...] = ()
         self.counts: Counter[str] = Counter()
+        self._allowed = protections.allowed
         self.reconfigure(jails, protections)
 
     def reconfigure(self, jails: Sequence[JailSpec], protections: Protections, *,
@@ -143,7 +149,18 @@ class SecurityPipeline:
 
         self._by_tag: dict[str | None, tuple[Route, ...]] = {tag: routes(tag) for tag in tagged}
         self._every_tag: tuple[Route, ...] = routes(None)
-        self.protections = protections
+        self.protections = replace(protections, allowed=self._allowed)
+
+    def allow(self, networks: NetworkSet) -> None:
+        """The admin's allow entries, now (they outlive reconfigure)."""
+        self._allowed = networks
+        self.protections = replace(self.protections, allowed=networks)
+
+    def jail(self, name: str) -> Jail | None:
+        for jail in self.jails:
+            if jail.settings.name == name:
+                return jail
+        return None
 
     def handle(self, message: SyslogMessage, now: float) -> Outcome:
         outcome = self._handle(message, now)

@@ -73,15 +73,19 @@ class Netns:
 
     def set_elements(self, table: str = "bansink", name: str = "ban4",
                      family: str = "inet") -> dict[str, dict]:
-        """Members of a set: address -> {"timeout": s, "expires": s}."""
+        """Members of a set: address (or network, "addr/len") -> {"timeout": s, "expires": s};
+        bansink's canary (an element that marks the set as not flushed) left out."""
         listed = self.nft_json("list", "set", family, table, name)
         found = {}
         for item in listed["nftables"]:
             for elem in item.get("set", {}).get("elem", []):
-                if isinstance(elem, dict):
-                    found[str(elem["elem"]["val"])] = elem["elem"]
-                else:
-                    found[str(elem)] = {}
+                body = elem["elem"] if isinstance(elem, dict) and "elem" in elem else {"val": elem}
+                if body.get("comment", "").startswith("bansink canary"):
+                    continue
+                value = body["val"]
+                if isinstance(value, dict) and "prefix" in value:
+                    value = f"{value['prefix']['addr']}/{value['prefix']['len']}"
+                found[str(value)] = body if "timeout" in body or "expires" in body else {}
         return found
 
     def in_namespace(self, fn: Callable[..., T], *args: Any) -> T:

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from itertools import chain
 from pathlib import Path
 from typing import NamedTuple
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _UPGRADES: dict[int, str] = {
     # from version N-1 to N
@@ -43,16 +43,50 @@ _UPGRADES: dict[int, str] = {
         );
         CREATE INDEX message_received_at ON message (received_at);
     """,
+    # the ban store (store/bans.py), and which address each message counted for
+    2: """
+        ALTER TABLE message ADD COLUMN address TEXT NOT NULL DEFAULT '';
+        ALTER TABLE message ADD COLUMN service TEXT NOT NULL DEFAULT '';
+        CREATE INDEX message_address ON message (address, received_at);
+        CREATE TABLE ban (
+            id INTEGER PRIMARY KEY,
+            target TEXT NOT NULL,        -- an address or a network (CIDR)
+            jail TEXT NOT NULL,
+            origin TEXT NOT NULL,        -- jail, manual, escalation
+            failures INTEGER NOT NULL,
+            started_at REAL NOT NULL,    -- wall clock
+            ends_at REAL,                -- wall clock; NULL: until lifted
+            lifted_at REAL,              -- ended early (unban, allow), else NULL
+            lifted_by TEXT,
+            step INTEGER NOT NULL DEFAULT 0,  -- earlier bans it was escalated for
+            note TEXT NOT NULL DEFAULT ''
+        );
+        CREATE INDEX ban_target ON ban (target, started_at);
+        CREATE INDEX ban_running ON ban (ends_at) WHERE lifted_at IS NULL;
+        CREATE TABLE ban_message (
+            ban_id INTEGER NOT NULL,
+            message_id INTEGER NOT NULL,
+            PRIMARY KEY (ban_id, message_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX ban_message_message ON ban_message (message_id);
+        CREATE TABLE allow (
+            target TEXT PRIMARY KEY,     -- an address or a network (CIDR)
+            created_at REAL NOT NULL,
+            until REAL,                  -- NULL: until disallowed
+            note TEXT NOT NULL DEFAULT ''
+        );
+    """,
 }
 
 
-_ROWS_PER_INSERT = 1000  # 5,000 parameters, under SQLite's default limit of 32,766
+_ROWS_PER_INSERT = 1000  # 7,000 parameters, under SQLite's default limit of 32,766
+_COLUMNS = "received_at, transport, peer, raw, digest, address, service"
 
 
 @lru_cache(maxsize=8)
 def _insert_sql(rows: int) -> str:
-    values = ",".join(["(?,?,?,?,?)"] * rows)
-    return f"INSERT INTO message (received_at, transport, peer, raw, digest) VALUES {values}"
+    values = ",".join(["(?,?,?,?,?,?,?)"] * rows)
+    return f"INSERT INTO message ({_COLUMNS}) VALUES {values}"
 
 
 class JournalRow(NamedTuple):
@@ -63,6 +97,14 @@ class JournalRow(NamedTuple):
     peer: str
     raw: bytes
     digest: bytes
+    address: str = ""
+    """The client address it counted for (`bansink explain` finds it by this)."""
+    service: str = ""
+    """The source that read it."""
+
+
+Operation = Callable[[sqlite3.Connection], object]
+"""Work done in the same transaction as a batch of rows, after them (store/bans.py)."""
 
 
 class JournalError(Exception):
@@ -130,10 +172,13 @@ def _roll_back(db: sqlite3.Connection) -> None:
 
 
 class Journal:
-    def __init__(self, path: Path, *, retention: float, max_rows: int) -> None:
+    def __init__(self, path: Path, *, retention: float, max_rows: int,
+                 history: float = 30 * 86400.0) -> None:
+        """`history`: how long ended bans are kept (and the messages that caused them)."""
         self.path = path
         self.retention = retention
         self.max_rows = max_rows
+        self.history = history
         self._db: sqlite3.Connection | None = None
         self._fd: int | None = None  # the file as opened: tells deletion and replacement
         self._identity: tuple[int, int] | None = None  # its (device, inode)
@@ -257,8 +302,9 @@ class Journal:
             raise JournalError("journal is not open")
         return self._db
 
-    def append(self, rows: Sequence[JournalRow]) -> None:
-        """Commit rows in one transaction; when this returns they are on disk.
+    def append(self, rows: Sequence[JournalRow], operations: Sequence[Operation] = ()) -> None:
+        """Commit rows, then `operations`, in one transaction; when this returns they are on
+        disk.
 
         Multi-row INSERTs rather than executemany: executemany takes the GIL back for every
         row, which starves this (writer) thread while the event loop is busy; one statement
@@ -270,6 +316,8 @@ class Journal:
             for start in range(0, len(rows), _ROWS_PER_INSERT):
                 chunk = rows[start : start + _ROWS_PER_INSERT]
                 db.execute(_insert_sql(len(chunk)), list(chain.from_iterable(chunk)))
+            for operation in operations:
+                operation(db)
             db.execute("COMMIT")
         except BaseException:
             _roll_back(db)
@@ -285,21 +333,26 @@ class Journal:
     def replay(self, since: float) -> Iterator[JournalRow]:
         """Rows received at or after `since` (wall clock), oldest first."""
         cursor = self.db.execute(
-            "SELECT received_at, transport, peer, raw, digest FROM message "
-            "WHERE received_at >= ? ORDER BY id", (since,))
+            f"SELECT {_COLUMNS} FROM message WHERE received_at >= ? ORDER BY id", (since,))
         for row in cursor:
             yield JournalRow(*row)
 
     def prune(self, now: float) -> int:
-        """Drop rows older than `retention`, then the oldest past `max_rows`; return how many."""
+        """Drop rows older than `retention`, then the oldest past `max_rows`, except those that
+        caused a ban still in the history; and bans that ended more than `history` ago. Return
+        how many messages went."""
         db = self.db
         db.execute("BEGIN")
         try:
-            dropped = db.execute("DELETE FROM message WHERE received_at < ?",
+            db.execute("DELETE FROM ban WHERE coalesce(lifted_at, ends_at) < ?",
+                       (now - self.history,))
+            db.execute("DELETE FROM ban_message WHERE ban_id NOT IN (SELECT id FROM ban)")
+            evidence = "id NOT IN (SELECT message_id FROM ban_message)"
+            dropped = db.execute(f"DELETE FROM message WHERE received_at < ? AND {evidence}",
                                  (now - self.retention,)).rowcount
             dropped += db.execute(
-                "DELETE FROM message WHERE id <= (SELECT id FROM message ORDER BY id DESC "
-                "LIMIT 1 OFFSET ?)", (self.max_rows,)).rowcount
+                f"DELETE FROM message WHERE id <= (SELECT id FROM message ORDER BY id DESC "
+                f"LIMIT 1 OFFSET ?) AND {evidence}", (self.max_rows,)).rowcount
             db.execute("COMMIT")
         except BaseException:
             _roll_back(db)

@@ -12,7 +12,7 @@ import structlog
 
 from bansink.batching import TickBatcher
 
-from .journal import Journal, JournalDamaged, JournalRow, is_damage
+from .journal import Journal, JournalDamaged, JournalRow, Operation, is_damage
 
 log = structlog.get_logger("bansink")
 
@@ -27,6 +27,7 @@ class _Item(NamedTuple):
     done: Done | None
     session: int
     seq: int
+    operation: Operation | None = None
 
 
 class JournalWriter:
@@ -87,6 +88,12 @@ class JournalWriter:
         self._seq += 1
         self._batcher.put(_Item(row, done, session, self._seq))
 
+    def put_operation(self, operation: Operation) -> None:
+        """Queue work for the writer's next transaction, after the rows put before it (a ban's
+        record links the messages that caused it). Lost, and logged, if that write fails."""
+        self._seq += 1
+        self._batcher.put(_Item(None, None, 0, self._seq, operation))
+
     # -- on the writer thread ----------------------------------------------------------------
 
     def _guarded(self, operation: Callable[[], object]) -> list[Note]:
@@ -108,7 +115,10 @@ class JournalWriter:
 
     def _write(self, batch: list[_Item]) -> list[Note]:
         rows = [item.row for item in batch if item.row is not None]
-        return self._guarded(lambda: self.journal.append(rows)) if rows else []
+        operations = [item.operation for item in batch if item.operation is not None]
+        if not rows and not operations:
+            return []
+        return self._guarded(lambda: self.journal.append(rows, operations))
 
     def _housekeeping(self, now: float, prune: bool) -> list[Note]:
         notes = self._guarded(self.journal.verify)
@@ -139,6 +149,10 @@ class JournalWriter:
         rows = sum(item.row is not None for item in batch)
         self.pending -= rows
         if not self._report(result, wrote=rows > 0):
+            lost = sum(item.operation is not None for item in batch)
+            if lost:
+                log.error("ban_records_lost", records=lost,
+                          hint="the bans are enforced; the store misses them until restart")
             # nothing is acknowledged: RELP senders keep the messages and resend them, and the
             # resends must be taken as new, not as repeats of what was never stored
             for item in batch:

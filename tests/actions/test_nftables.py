@@ -1,5 +1,6 @@
 """The nftables backend against the real kernel, inside a namespace each test creates."""
 
+import math
 import os
 import time
 from ipaddress import ip_address, ip_network
@@ -41,12 +42,16 @@ def test_setup_creates_table_sets_and_chain_and_leaves_other_tables_alone(ns: Ne
     listed = ns.nft_json("list", "table", "inet", "bansink")["nftables"]
     sets = {i["set"]["name"]: i["set"] for i in listed if "set" in i}
     assert sets["ban4"]["type"] == "ipv4_addr" and sets["ban6"]["type"] == "ipv6_addr"
-    for s in sets.values():
-        assert s["flags"] == ["timeout"]  # not interval: see actions/nftables.py
+    assert set(sets) == {"ban4", "ban6", "net4", "net6",
+                         "ban4_manual", "ban6_manual", "net4_manual", "net6_manual"}
+    for name, s in sets.items():
+        # address sets not interval (see actions/nftables.py); network sets small and apart
+        assert s["flags"] == (["interval", "timeout"] if name.startswith("net") else ["timeout"])
+        assert ns.set_elements(name=name) == {}  # the canary is all they hold
     chain = next(i["chain"] for i in listed if "chain" in i)
     assert (chain["hook"], chain["prio"], chain["policy"]) == ("input", -10, "accept")
     rules = [i["rule"] for i in listed if "rule" in i]
-    assert len(rules) == 2
+    assert len(rules) == 8
     for rule in rules:
         assert any("counter" in e for e in rule["expr"]) and {"drop": None} in rule["expr"]
     assert ns.nft_json("list", "table", "inet", "other") == before
@@ -86,8 +91,8 @@ def test_configured_ports_limit_the_drop_rules_and_a_config_change_replaces_them
     setup(ns)
     setup(ns, layout=Layout(ports=(443, 80)))
     text = ns.run("nft", "list", "chain", "inet", "bansink", "input").stdout.decode()
-    assert text.count("th dport { 80, 443 }") == 2
-    assert text.count("drop") == 2
+    assert text.count("th dport { 80, 443 }") == 4  # addresses and networks, IPv4 and IPv6
+    assert text.count("drop") == 8
 
 
 def test_commit_recreates_the_table_if_it_was_deleted_underneath(ns: Netns):
@@ -128,7 +133,7 @@ def test_verify_rebuilds_the_table_after_it_was_removed_outside_bansink(ns: Netn
     said = ns.in_namespace(backend.verify)
     assert said == ("table inet bansink was missing (flushed or deleted outside bansink); "
                     "re-created it without bans")
-    assert chains_and_rules(ns) == {"input": 2, "local_senders": 1}
+    assert chains_and_rules(ns) == {"input": 8, "local_senders": 1}
     assert ns.set_elements() == {} and ns.set_elements(name="ban6") == {}
     assert ns.in_namespace(backend.verify) is None
 
@@ -140,7 +145,7 @@ def test_verify_restores_changed_chains_and_keeps_the_bans(ns: Netns):
     said = ns.in_namespace(backend.verify)
     assert said == ("table inet bansink: chain input had other rules, chain stray is not in the "
                     "config (changed outside bansink); restored")
-    assert chains_and_rules(ns) == {"input": 2}
+    assert chains_and_rules(ns) == {"input": 8}
     assert len(ns.set_elements()) == 2  # nothing lost: the caller may re-add, need not
 
 
@@ -244,26 +249,78 @@ def test_of_a_ban_and_a_delete_of_one_address_in_one_commit_the_later_wins(ns: N
     assert {ip: e["timeout"] for ip, e in ns.set_elements().items()} == {"203.0.113.8": 300}
 
 
-def test_a_network_target_is_refused_by_name_and_the_addresses_still_go_in(ns: Netns):
+def test_a_network_goes_to_the_network_set_of_its_jail_with_its_timeout(ns: Netns):
     backend = setup(ns)
     backend.add(ban("203.0.113.7"))
-    backend.add(ban("2001:db8:1::/64"))
+    backend.add(ban("2001:db8:1::/64", 900))
+    backend.add(ban("198.51.100.0/24"))
+    assert ns.in_namespace(backend.commit).ok
+    assert set(ns.set_elements()) == {"203.0.113.7"}
+    assert ns.set_elements(name="net6")["2001:db8:1::/64"]["timeout"] == 900
+    assert set(ns.set_elements(name="net4")) == {"198.51.100.0/24"}
     backend.delete(ip_network("198.51.100.0/24"))
+    backend.delete(ip_network("192.0.2.0/24"))  # never banned: no error
+    assert ns.in_namespace(backend.commit).ok
+    assert ns.set_elements(name="net4") == {}
+
+
+def test_a_ban_of_a_jail_the_layout_lacks_is_refused_by_name(ns: Netns):
+    backend = setup(ns, layout=Layout(jails=(JailScope("kerio"),)))
+    backend.add(ban("203.0.113.7", jail="kerio"))
+    backend.add(ban("203.0.113.8", jail="gone"))
     result = ns.in_namespace(backend.commit)
-    assert not result.ok
-    assert "2001:db8:1::/64" in result.error and "198.51.100.0/24" in result.error
-    assert "network" in result.error
-    assert [str(b.target) for b in result.bans] == ["2001:db8:1::/64"]  # what did not go in
-    assert [str(t) for t in result.deletes] == ["198.51.100.0/24"]
-    assert {str(t) for t in result.refused} == {"2001:db8:1::/64", "198.51.100.0/24"}
-    assert set(ns.set_elements()) == {"203.0.113.7"}  # the address went in, nothing else
-    assert ns.set_elements(name="ban6") == {}
+    assert not result.ok and "no set pair for jail gone" in (result.error or "")
+    assert [str(b.target) for b in result.bans] == ["203.0.113.8"]  # what did not go in
+    assert set(ns.set_elements(name="ban4_kerio")) == {"203.0.113.7"}
+
+
+def test_a_manual_ban_closes_every_port_whatever_the_jails(ns: Netns):
+    backend = setup(ns, layout=SEED_JAILS)
+    backend.add(ban("203.0.113.7", jail="manual"))
+    backend.add(ban("2001:db8:9::/48", jail="manual"))
+    assert ns.in_namespace(backend.commit).ok
+    assert set(ns.set_elements(name="ban4_manual")) == {"203.0.113.7"}
+    assert set(ns.set_elements(name="net6_manual")) == {"2001:db8:9::/48"}
+    text = ns.run("nft", "list", "chain", "inet", "bansink", "input").stdout.decode()
+    assert "ip saddr @ban4_manual counter packets 0 bytes 0 drop" in text
+
+
+def test_a_ban_until_lifted_has_no_timeout(ns: Netns):
+    backend = setup(ns)
+    backend.add(ban("203.0.113.7", math.inf, jail="manual"))
+    assert ns.in_namespace(backend.commit).ok
+    assert ns.set_elements(name="ban4_manual") == {"203.0.113.7": {}}
+
+
+def test_verify_finds_a_flushed_set_by_its_canary(ns: Netns):
+    backend = setup(ns, layout=SEED_JAILS)
+    backend.add(ban("203.0.113.7", jail="kerio"))
+    assert ns.in_namespace(backend.commit).ok
+    assert ns.in_namespace(backend.verify) is None
+    ns.run("nft", "flush", "set", "inet", "bansink", "ban4_kerio")
+    said = ns.in_namespace(backend.verify)
+    assert said is not None and "set ban4_kerio was emptied" in said
+    assert ns.in_namespace(backend.verify) is None  # the canary is back: no alarm twice
+
+
+def test_elements_lists_every_ban_set_without_the_canaries(ns: Netns):
+    backend = setup(ns, layout=SEED_JAILS)
+    backend.add(ban("203.0.113.7", jail="kerio"))
+    backend.add(ban("2001:db8:1::/64", jail="james"))
+    assert ns.in_namespace(backend.commit).ok
+    listed = {name: [str(t) for t in targets]
+              for name, targets in ns.in_namespace(backend.elements).items() if targets}
+    assert listed == {"ban4_kerio": ["203.0.113.7"], "net6_james": ["2001:db8:1::/64"]}
 
 
 # -- a set pair per jail ---------------------------------------------------------------------------
 
 SEED_JAILS = Layout(jails=(JailScope("kerio", (25, 143, 465, 993)), JailScope("kopano", (443,)),
                            JailScope("james")))
+
+
+def ban_sets(*jails: str) -> set[str]:
+    return {f"{kind}{v}_{jail}" for kind in ("ban", "net") for v in (4, 6) for jail in jails}
 
 
 def set_names(ns: Netns) -> set[str]:
@@ -273,8 +330,7 @@ def set_names(ns: Netns) -> set[str]:
 
 def test_each_jail_has_its_own_set_pair_and_drop_rules_on_its_ports(ns: Netns):
     setup(ns, layout=SEED_JAILS)
-    assert set_names(ns) == {f"ban{v}_{jail}" for v in (4, 6) for jail in ("kerio", "kopano",
-                                                                             "james")}
+    assert set_names(ns) == ban_sets("kerio", "kopano", "james", "manual")
     text = ns.run("nft", "list", "chain", "inet", "bansink", "input").stdout.decode()
     assert ("ip saddr @ban4_kerio meta l4proto { tcp, udp } th dport { 25, 143, 465, 993 } "
             "counter packets 0 bytes 0 drop") in text
@@ -341,7 +397,7 @@ def test_a_new_layout_adds_the_new_jails_sets_and_removes_those_of_jails_gone(ns
     assert ns.in_namespace(backend.commit).ok
     backend.configure(Layout(jails=(JailScope("kerio", (25,)),)))
     ns.in_namespace(backend.setup)
-    assert set_names(ns) == {"ban4_kerio", "ban6_kerio"}
+    assert set_names(ns) == ban_sets("kerio", "manual")
     assert set(ns.set_elements(name="ban4_kerio")) == {"203.0.113.8"}  # its bans stay
     text = ns.run("nft", "list", "chain", "inet", "bansink", "input").stdout.decode()
     assert "th dport 25 counter" in text and "143" not in text
