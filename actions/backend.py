@@ -49,6 +49,11 @@ class BanBackend(Protocol):
         """Apply every queued ban and deletion in one transaction (blocking: a few elements take
         well under a millisecond and run on the event loop; larger batches on a thread)."""
 
+    def remove_strays(self, keep: set[tuple[str, Target]]) -> list[tuple[str, Target]]:
+        """Delete every element of bansink's ban sets that is not a running ban (`keep`:
+        (jail, target) pairs); return (set, target) of what was removed (blocking: a full
+        listing, for the reconciliation at start)."""
+
     def verify(self) -> str | None:
         """Cheaply check that enforcement is still in place (blocking, on the commit thread).
         None when it is; otherwise rebuild it and return one line saying what was missing:

@@ -38,5 +38,8 @@ class DryRunBackend:
         deletes = tuple(target for (_, target), ban in pending.items() if ban is None)
         return CommitResult(bans, deletes=deletes)
 
+    def remove_strays(self, keep: set[tuple[str, Target]]) -> list[tuple[str, Target]]:
+        return []  # nothing enforced, nothing stray
+
     def verify(self) -> str | None:
         return None  # nothing enforced, nothing to lose

@@ -487,6 +487,25 @@ class NftablesSet:
                             mine.append(target)
         return found
 
+    def remove_strays(self, keep: set[tuple[str, Target]]) -> list[tuple[str, Target]]:
+        """Delete the elements that are no running ban (`keep`: (jail, target)) in one
+        transaction per set; return (set, target) of each."""
+        wanted = {(self.set_of(jail, target), target) for jail, target in keep}
+        strays = [(name, target) for name, targets in self.elements().items()
+                  for target in targets if (name, target) not in wanted]
+        by_set: dict[str, list[str | dict[str, Any]]] = {}
+        for name, target in strays:
+            by_set.setdefault(name, []).append(element_value(target))
+        with self._lock:
+            for name, values in by_set.items():
+                for start in range(0, len(values), MAX_ELEMENTS_PER_TRANSACTION):
+                    chunk = values[start : start + MAX_ELEMENTS_PER_TRANSACTION]
+                    # the placeholder: one that expired since the listing cannot fail the delete
+                    placeholder = [{"elem": {"val": v, "timeout": 1}} for v in chunk]
+                    self._run([{"add": {"element": self._ref(name=name, elem=placeholder)}},
+                               {"delete": {"element": self._ref(name=name, elem=chunk)}}])
+        return strays
+
     def set_of(self, jail: str, target: Target) -> str | None:
         """The set a ban of `jail` on `target` goes to (None: no such jail)."""
         scope = self.layout.scope(jail)

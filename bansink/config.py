@@ -30,6 +30,7 @@ from pydantic import (
 
 from bansink.actions.nftjson import PortRange
 from bansink.actions.ratelimit import MAX_WINDOW, RateLimit
+from bansink.engine.decisions import MANUAL_JAIL
 
 from .ports import parse_ports
 
@@ -80,6 +81,11 @@ def _seconds(value: Any) -> float:
     if seconds <= 0:
         raise ValueError("must be greater than zero")
     return seconds
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a duration such as "2h", "30d" (for the admin's commands)."""
+    return _seconds(value)
 
 
 def _human(seconds: float) -> str:
@@ -372,10 +378,22 @@ class JournalConfig(_Section):
     relp_dedupe: RelpDedupe = 600.0
     """How long after a RELP session broke its last frames are matched against resends: 1 second
     to 1 day."""
+    history: Retention = 30 * DAY
+    """How long an ended ban, and the messages that caused it, are kept (`bansink history`,
+    `explain`, and repeat offenders are judged by it; fail2ban's dbpurgeage): 1 second to 365
+    days."""
     relp_window: int = _count(1024, 1, 65536)
     """The most frames a RELP sender keeps unacknowledged (omrelp's windowSize; librelp's default
     is 128). After a session breaks, this many of its last frames are matched against the resends
     that open its sender's next session."""
+
+
+class ControlConfig(_Section):
+    socket: FileName = "/run/bansink/control.sock"
+    """The admin's Unix socket (`bansink status`, `ban`, `unban`, …; JSON over HTTP, `curl
+    --unix-socket` works); "" turns it off. Only root may connect, and members of `group`."""
+    group: str = ""
+    """A group whose members may use the socket too (e.g. "bansink"); "" for root only."""
 
 
 class LogConfig(_Section):
@@ -393,6 +411,7 @@ class Config(_Section):
     nftables: NftablesConfig = NftablesConfig()
     ratelimit: dict[str, RateLimitEntry] = {}
     journal: JournalConfig = JournalConfig()
+    control: ControlConfig = ControlConfig()
     log: LogConfig = LogConfig()
 
     @model_validator(mode="after")
@@ -411,6 +430,9 @@ class Config(_Section):
             if not _JAIL_NAME.fullmatch(name):
                 raise ValueError(f"jails.{name}: a jail name is 1 to 32 of a-z, 0-9, _ and -, "
                                  f"starting with a letter")
+            if name == MANUAL_JAIL:
+                raise ValueError(f"jails.{name}: the name is taken by the admin's bans made "
+                                 f"without a jail (`bansink ban ADDRESS`); choose another")
         if self.jails and "jail" in self.model_fields_set:
             raise ValueError(
                 "[jail] and [jails.NAME] together: move [jail]'s keys into a [jails.roundcube] "

@@ -23,13 +23,16 @@ from bansink.receiver.tcp import StreamListener, TcpListener
 from bansink.receiver.tls import server_context
 from bansink.receiver.udp import UdpListener
 
+from .bans import BanBook
 from .config import Config, ConfigError
+from .control import ControlError, ControlServer
 from .enforcer import Enforcer
 from .hub import Hub
 from .jails import build_pipeline, layout_of, reconfigure
 from .logs import Throttle
 from .replay import replay_journal
 from .resends import ResendGuard
+from .restore import remove_strays, restore_bans
 from .store.journal import Journal, JournalRow
 from .store.writer import JournalWriter
 
@@ -130,14 +133,22 @@ class Daemon:
         self.journal: JournalWriter | None = None
         if jc.path:
             self.journal = JournalWriter(
-                Journal(Path(jc.path), retention=jc.retention, max_rows=jc.max_rows),
+                Journal(Path(jc.path), retention=jc.retention, max_rows=jc.max_rows,
+                        history=jc.history),
                 jc.commit_interval, salvage_horizon=max(config.longest_findtime, jc.relp_dedupe),
                 unwritten=self._unwritten)
+        self.book = BanBook(self.pipeline, self.enforcer, self.journal,
+                            findtime=self._findtime)
+        self.control: ControlServer | None = None
         self.hub: Hub | None = None
         self.listeners: list[Listener] = []
         self._stopping = asyncio.Event()
         self._throttle = Throttle(60.0)
         self._layout_change: asyncio.Future[None] | None = None
+
+    def _findtime(self, jail: str) -> float:
+        found = self.pipeline.jail(jail)
+        return found.settings.findtime if found is not None else self.config.longest_findtime
 
     def _unwritten(self, row: JournalRow, session: int) -> None:
         if self.hub is not None:
@@ -147,12 +158,21 @@ class Daemon:
         config = self.config
         self.enforcer.backend.configure(layout_of(config))
         await self.enforcer.setup()
-        hub = self.hub = Hub(self.pipeline, self.enforcer, self.journal, self.guard)
+        hub = self.hub = Hub(self.pipeline, self.book, self.journal, self.guard)
         if self.journal is not None:
             for event, fields in await self.journal.open():
                 log.error(event, **fields)
+            await restore_bans(self.book, self.journal, findtime=config.longest_findtime)
             await replay_journal(self.journal, hub, findtime=config.longest_findtime,
                                  relp_dedupe=config.journal.relp_dedupe)
+            await remove_strays(self.book)
+        if config.control.socket:
+            try:
+                self.control = ControlServer(self.book, self.journal,
+                                             Path(config.control.socket), config.control.group)
+                await self.control.start()
+            except ControlError as exc:
+                raise ListenError(str(exc)) from None
         self.listeners = build_listeners(config, hub, self._admit)
         too_many = descriptor_budget(self.listeners, config.receiver.max_connections)
         if too_many is not None:
@@ -251,6 +271,7 @@ class Daemon:
             if deadline is not None and deadline <= now:
                 self.pipeline.expire(now)
             self.guard.expire(now)
+            self.book.expire_allowed()
             await self.enforcer.verify()
             self._check_descriptors(now)
             prune = now - last_prune >= min(self.config.longest_findtime / 4, 30.0)
@@ -271,6 +292,8 @@ class Daemon:
                            "receiver.max_connections")
 
     async def close(self) -> None:
+        if self.control is not None:
+            await self.control.stop()
         for listener in self.listeners:
             await listener.stop()
         await self.enforcer.close()

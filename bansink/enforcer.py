@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv6Address
+from typing import NamedTuple, TypeVar
 
 import structlog
 
@@ -18,6 +21,7 @@ from .batching import TickBatcher
 from .logs import Throttle
 
 log = structlog.get_logger("bansink")
+T = TypeVar("T")
 
 _Key = tuple[str, Target]
 """A ban's place: (jail, target). One address can be banned by several jails, each in its own
@@ -26,6 +30,14 @@ set pair with its own end."""
 
 def _key(ban: Ban) -> _Key:
     return ban.jail, ban.target
+
+
+class Lift(NamedTuple):
+    """The early end of a ban: `jail`'s ban of `target`, or every jail's (None)."""
+
+    target: Target
+    jail: str | None
+    reason: str
 
 INLINE_COMMIT = 64
 """Bans per commit up to which the commit runs on the event loop (well under a millisecond
@@ -45,9 +57,10 @@ class Enforcer:
 
     def __init__(self, backend: BanBackend, interval: float) -> None:
         self.backend = backend
-        self._batcher: TickBatcher[Ban, CommitResult] = TickBatcher(
+        self._batcher: TickBatcher[Ban | Lift, CommitResult] = TickBatcher(
             interval, self._commit, self._report, "nft", inline_up_to=INLINE_COMMIT)
         self.bans = 0
+        self.lifts = 0
         self.errors = 0
         self.rebuilds = 0
         self._running: dict[_Key, tuple[float, Ban]] = {}
@@ -55,8 +68,13 @@ class Enforcer:
         self._restoring: set[_Key] = set()
         self._retry: dict[_Key, Ban] = {}
         """bans a failed commit left out: tried again at the next verify"""
+        self._lift_retry: list[Lift] = []
         self._restore_again = False
         self._throttle = Throttle(60.0)
+
+    async def run_blocking(self, fn: Callable[[], T]) -> T:
+        """Blocking backend work on the commit thread, in order with the commits."""
+        return await self._batcher.run_blocking(fn)
 
     async def setup(self) -> None:
         await self._batcher.run_blocking(self.backend.setup)
@@ -79,23 +97,68 @@ class Enforcer:
     def ban(self, ban: Ban) -> None:
         self._batcher.put(ban)
 
-    def _commit(self, batch: list[Ban]) -> CommitResult:
-        for ban in batch:
-            self.backend.add(ban)
+    def restore(self, bans: list[Ban]) -> None:
+        """Put back bans that were running before (the store's, at start): enforced with their
+        remaining time, not logged or counted as new."""
+        for ban in bans:
+            key = _key(ban)
+            self._running[key] = (ban.decided_at + ban.bantime, ban)
+            self._restoring.add(key)
+            self.ban(ban)
+
+    def lift(self, target: Target, jail: str | None, reason: str) -> list[Ban]:
+        """End `jail`'s ban of `target` (None: every jail's) now; return the running bans
+        that ended."""
+        ended = [ban for (j, t), (_, ban) in self._running.items()
+                 if t == target and (jail is None or j == jail)]
+        for ban in ended:
+            key = _key(ban)
+            del self._running[key]
+            self._restoring.discard(key)
+        for key in [key for key in self._retry if key[1] == target
+                    and (jail is None or key[0] == jail)]:
+            del self._retry[key]
+        self._batcher.put(Lift(target, jail, reason))
+        return ended
+
+    def running(self) -> Iterator[tuple[float, Ban]]:
+        """(monotonic end, ban) of every ban enforced and not over (math.inf: until lifted)."""
+        return iter(list(self._running.values()))
+
+    def running_keys(self) -> set[_Key]:
+        return set(self._running)
+
+    def _commit(self, batch: list[Ban | Lift]) -> CommitResult:
+        for item in batch:
+            if isinstance(item, Lift):
+                self.backend.delete(item.target, item.jail)
+            else:
+                self.backend.add(item)
         return self.backend.commit()
 
-    def _report(self, batch: list[Ban], result: CommitResult | Exception) -> None:
+    def _report(self, batch: list[Ban | Lift], result: CommitResult | Exception) -> None:
         now, wall = asyncio.get_running_loop().time(), time.time()
         if isinstance(result, CommitResult) and result.rebuilt:
             self._rebuild("the table was missing when bans were committed")
         failed: tuple[Ban, ...] = ()
         if isinstance(result, Exception) or result.error is not None:
-            failed = tuple(batch) if isinstance(result, Exception) else result.bans
+            failed = (tuple(b for b in batch if isinstance(b, Ban))
+                      if isinstance(result, Exception) else result.bans)
             refused = result.refused if isinstance(result, CommitResult) else ()
             self._failed(failed, refused, result.error if isinstance(result, CommitResult) else
                          repr(result), now)
         lost = {_key(b) for b in failed}
+        unlifted = (set(result.deletes) if isinstance(result, CommitResult) and not result.ok
+                    else {item.target for item in batch} if isinstance(result, Exception)
+                    else set())
         for b in batch:
+            if isinstance(b, Lift):
+                if b.target in unlifted:
+                    self._lift_retry.append(b)
+                    continue
+                self.lifts += 1
+                log.info("unban", target=str(b.target), jail=b.jail, reason=b.reason)
+                continue
             key, target = _key(b), b.target
             if key in lost:
                 continue
@@ -104,7 +167,8 @@ class Enforcer:
                 self._restoring.discard(key)
                 continue
             self.bans += 1
-            until = datetime.fromtimestamp(wall + b.bantime, UTC).isoformat(timespec="seconds")
+            until = (datetime.fromtimestamp(wall + b.bantime, UTC).isoformat(timespec="seconds")
+                     if math.isfinite(b.bantime) else "lifted")
             # `ip` for an address, as operators' searches and the tests read it; `target` always
             address = {"ip": str(target)} if isinstance(target, IPv4Address | IPv6Address) else {}
             log.info("ban", **address, target=str(target), origin=b.origin.value, jail=b.jail,
@@ -146,6 +210,10 @@ class Enforcer:
         if problem is not None or self._restore_again:
             self._restore_again = False
             self._rebuild(problem)
+        if self._lift_retry:
+            lifts, self._lift_retry = self._lift_retry, []
+            for lift in lifts:
+                self._batcher.put(lift)
         if self._retry:
             now = asyncio.get_running_loop().time()
             retry, self._retry = self._retry, {}
@@ -170,8 +238,8 @@ class Enforcer:
             del self._running[key]
 
     def counters(self) -> dict[str, object]:
-        return {"bans": self.bans, "bans_running": len(self._running), "ban_errors": self.errors,
-                "nft_rebuilds": self.rebuilds}
+        return {"bans": self.bans, "bans_running": len(self._running), "unbans": self.lifts,
+                "ban_errors": self.errors, "nft_rebuilds": self.rebuilds}
 
     async def close(self) -> None:
         await self._batcher.close()

@@ -1,4 +1,4 @@
-"""The per-message hub between the listeners and the engine, the journal and the enforcer."""
+"""The per-message hub between the listeners and the engine, the journal and the ban book."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from bansink.engine.pipeline import Banned, Counted, Ignored, Outcome, SecurityP
 from bansink.receiver.intake import Dropped
 from bansink.receiver.syslog import MalformedSyslog, SyslogMessage
 
-from .enforcer import Enforcer
+from .bans import BanBook
 from .logs import Throttle
 from .resends import ResendGuard
 from .store.journal import JournalRow
@@ -38,12 +38,12 @@ def journal_row(message: SyslogMessage, transport: str, digest: bytes,
 class Hub:
     """The per-message hub: takes what the listeners deliver (receiver.intake.Intake), has it
     judged, keeps what counted (the journal; RELP answers once it is on disk), hands bans to the
-    enforcer, counts and logs what matters. Start-up replay goes through `judge` as well."""
+    ban book, counts and logs what matters. Start-up replay goes through `judge` as well."""
 
-    def __init__(self, pipeline: SecurityPipeline, enforcer: Enforcer,
+    def __init__(self, pipeline: SecurityPipeline, bans: BanBook,
                  journal: JournalWriter | None, guard: ResendGuard) -> None:
         """`journal` None: nothing is kept, RELP is answered on receipt."""
-        self.pipeline, self.enforcer, self.journal = pipeline, enforcer, journal
+        self.pipeline, self.bans, self.journal = pipeline, bans, journal
         self.guard = guard
         self.received: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
@@ -120,7 +120,7 @@ class Hub:
             done()
         if isinstance(outcome, Banned):
             for ban in outcome.bans:
-                self.enforcer.ban(ban)
+                self.bans.ban(ban)
 
     def on_drop(self, dropped: Dropped) -> None:
         self.drops[dropped.reason] += 1

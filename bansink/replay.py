@@ -27,10 +27,11 @@ CHUNK = 10_000
 
 
 def replay(rows: list[JournalRow], hub: Hub, tails: defaultdict[str, deque[bytes]],
-           mono_now: float, wall_now: float, counts_since: float) -> list[Ban]:
+           mono_now: float, wall_now: float, counts_since: float) -> list[tuple[Ban, float]]:
     """Judge stored messages again at the times they were received (those since
     `counts_since`); collect into `tails` each RELP sender's last digests (its next session may
-    resend them); return the bans still running, shortened by the time already passed."""
+    resend them); return the bans still running, shortened by the time already passed, each
+    with the wall-clock time it was decided at."""
     bans = []
     for row in rows:
         if row.digest:  # only RELP rows carry one
@@ -43,7 +44,8 @@ def replay(rows: list[JournalRow], hub: Hub, tails: defaultdict[str, deque[bytes
             for ban in outcome.bans:
                 left = ban.bantime - (wall_now - row.received_at)
                 if left >= 1:
-                    bans.append(dataclasses.replace(ban, bantime=left, decided_at=mono_now))
+                    bans.append((dataclasses.replace(ban, bantime=left, decided_at=mono_now),
+                                 row.received_at))
     return bans
 
 
@@ -59,8 +61,9 @@ async def replay_journal(writer: JournalWriter, hub: Hub, *, findtime: float,
     try:
         rows = writer.journal.replay(wall - max(findtime, relp_dedupe))
         while chunk := await writer.run_blocking(lambda: list(islice(rows, CHUNK))):
-            for ban in replay(chunk, hub, tails, loop.time(), wall, counts_since=wall - findtime):
-                hub.enforcer.ban(ban)
+            for ban, decided in replay(chunk, hub, tails, loop.time(), wall,
+                                       counts_since=wall - findtime):
+                hub.bans.ban(ban, started_at=decided)
                 banned += 1
             count += len(chunk)
         stats = await writer.run_blocking(writer.journal.stats)

@@ -194,6 +194,9 @@ class Daemon:
         self.config_path = tmp / "bansink.toml"
         if "[journal]" not in config:  # never the default /var/lib/bansink in tests
             config += f'\n[journal]\npath = "{tmp}/journal.db"\n'
+        if "[control]" not in config:  # nor the default /run/bansink
+            config += f'\n[control]\nsocket = "{tmp}/control/control.sock"\n'
+        self.control = tmp / "control" / "control.sock"
         self.config_path.write_text(config)
         self.log_path = tmp / "bansink.log"
         self._log = self.log_path.open("wb")

@@ -27,7 +27,7 @@ def config(port: int, **jail):
                      "senders": ["127.0.0.1/32"]},
         "engine": {"ignoreip": []},
         "jail": {"maxretry": 5, **jail},
-        "journal": {"path": ""},
+        "journal": {"path": ""}, "control": {"socket": ""},
     })
 
 
@@ -156,7 +156,7 @@ def test_a_reload_gives_the_backend_the_new_jails_and_rate_limits():
             "receiver": {"udp": [f"127.0.0.1:{port}"], "tcp": [], "relp": [],
                          "senders": ["127.0.0.1/32"]},
             "jails": {"kerio": {"sources": ["kerio"], "ports": "smtp"}, **extra},
-            "journal": {"path": ""}})
+            "journal": {"path": ""}, "control": {"socket": ""}})
 
     async def scenario():
         daemon = Daemon(jails(), backend)

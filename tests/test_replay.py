@@ -27,5 +27,6 @@ def test_replay_rebuilds_counts_and_the_resend_candidates_and_shortens_bans():
             JournalRow(wall - 10, "udp", "127.0.0.1", RAW.replace(b"{}", b"3"), b"")]
     tails: defaultdict[str, deque[bytes]] = defaultdict(lambda: deque(maxlen=1))
     bans = asyncio.run(in_a_loop())
-    assert [(str(b.target), round(b.bantime)) for b in bans] == [("203.0.113.7", 80)]
+    assert [(str(b.target), round(b.bantime), round(wall - decided)) for b, decided in bans] == \
+        [("203.0.113.7", 80, 20)]
     assert tails == {"127.0.0.1": deque([b"d2"], maxlen=1)}  # RELP rows only, the last window

@@ -1,0 +1,281 @@
+"""The bans as the admin sees them: every ban decided goes through here to the store and the
+enforcer; the admin's bans, unbans and allow entries too; at start the store's running bans are
+put back and the kernel's sets reconciled with them.
+
+What each admin action does (the Artica document's words in brackets):
+- `ban`: a manual ban, filed under a jail (its ports, its bantime unless a duration is given)
+  or, without one, in the `manual` sets, which close every port, until lifted unless a duration
+  is given.
+- `unban` [Delete]: every ban of the target ends now; each jail forgets its failures, so it is
+  banned again after `maxretry` more.
+- `allow` [Disable]: unbanned, and never counted or banned while the entry lasts (optionally
+  timed); `disallow` removes the entry.
+
+The store is the journal's SQLite file (store/bans.py); without a journal (`journal.path = ""`)
+all of this still works and lasts until bansink stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+from typing import NamedTuple
+
+import structlog
+
+from bansink.engine.addresses import IPAddress, NetworkSet
+from bansink.engine.decisions import MANUAL_JAIL, Ban, Origin, Target
+from bansink.engine.pipeline import SecurityPipeline
+
+from .enforcer import Enforcer
+from .store import bans as store
+from .store.journal import Operation
+from .store.writer import JournalWriter
+
+log = structlog.get_logger("bansink")
+
+MAX_DURATION = 365 * 86400.0
+"""The longest timed ban or allow entry (nft's element timeouts reach far beyond)."""
+
+
+class AdminError(ValueError):
+    """An admin request that cannot be done; the message says why."""
+
+
+def parse_target(text: str) -> Target:
+    """An address, or a network in CIDR form (host bits must be zero); a /32 or /128 is the
+    address."""
+    try:
+        if "/" not in text:
+            address = ip_address(text)
+            mapped = getattr(address, "ipv4_mapped", None)
+            return mapped if mapped is not None else address
+        network = ip_network(text)
+    except ValueError as exc:
+        raise AdminError(f"{text!r} is not an address or a network: {exc}") from None
+    if network.num_addresses == 1:
+        return network.network_address
+    if network.prefixlen == 0:
+        raise AdminError(f"{text}: a ban or allow entry for every address is refused")
+    return network
+
+
+def covers(target: Target, address: IPAddress) -> bool:
+    if isinstance(target, IPv4Network | IPv6Network):
+        return address.version == target.version and address in target
+    return target == address
+
+
+class RunningBan(NamedTuple):
+    target: str
+    jail: str
+    origin: str
+    failures: int
+    started_at: float | None
+    """Wall clock (None: restored without a record)."""
+    ends_at: float | None
+    """Wall clock; None: until lifted."""
+    left: int | None
+    """Seconds; None: until lifted."""
+    note: str
+
+
+@dataclass(slots=True)
+class Entry:
+    """What the book knows of a running ban besides the enforcer's view."""
+
+    started_at: float
+    """Wall clock."""
+    id: int | None = None
+    step: int = 0
+    note: str = ""
+
+
+class BanBook:
+    def __init__(self, pipeline: SecurityPipeline, enforcer: Enforcer,
+                 journal: JournalWriter | None, *, findtime: Callable[[str], float],
+                 clock: Callable[[], float] = time.time) -> None:
+        """`findtime(jail)`: how far back a jail's ban takes its messages as evidence."""
+        self.pipeline, self.enforcer, self.journal = pipeline, enforcer, journal
+        self._findtime = findtime
+        self._clock = clock
+        self.entries: dict[tuple[str, Target], Entry] = {}
+        self.allowed: dict[Target, store.AllowRow] = {}
+
+    def _mono(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def write(self, operation: Operation) -> None:
+        if self.journal is not None:
+            self.journal.put_operation(operation)
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    def ban(self, ban: Ban, started_at: float | None = None, note: str = "") -> None:
+        """Enforce and record a ban (a jail's decision, or one made here)."""
+        wall = self._clock() if started_at is None else started_at
+        left = ban.decided_at + ban.bantime - self._mono()
+        ends = None if math.isinf(ban.bantime) else self._clock() + left
+        entry = Entry(wall, note=note)
+        self.entries[(ban.jail, ban.target)] = entry
+        findtime = self._findtime(ban.jail) if ban.origin is not Origin.MANUAL else None
+        record = store.NewBan(str(ban.target), ban.jail, ban.origin.value, ban.failures, wall,
+                              ends, note=note,
+                              evidence_since=None if findtime is None else wall - findtime)
+
+        def write(db: sqlite3.Connection) -> None:
+            entry.id = store.record_ban(db, record)
+
+        self.write(write)
+        self.enforcer.ban(ban)
+
+    # -- the admin's actions -----------------------------------------------------------------
+
+    def manual_ban(self, target: Target, jail: str | None = None, duration: float | None = None,
+                   note: str = "") -> Ban:
+        name = jail or MANUAL_JAIL
+        settings = None
+        if name != MANUAL_JAIL:
+            found = self.pipeline.jail(name)
+            if found is None:
+                raise AdminError(f"no jail {name!r} (jails: "
+                                 f"{', '.join(j.settings.name for j in self.pipeline.jails)})")
+            settings = found.settings
+        if duration is not None and not 0 < duration <= MAX_DURATION:
+            raise AdminError("a ban lasts more than 0 seconds and at most 365 days")
+        for allowed in self.allowed:
+            if _overlaps(allowed, target):
+                raise AdminError(f"{target} is covered by the allow entry {allowed}: "
+                                 f"`bansink disallow {allowed}` first")
+        protection = self._protection(target)
+        if protection is not None:
+            raise AdminError(f"{target} is protected ({protection}): bansink never bans it")
+        bantime = duration if duration is not None else (
+            settings.bantime if settings is not None else math.inf)
+        now = self._mono()
+        ban = Ban(target=target, origin=Origin.MANUAL, jail=name, failures=0, bantime=bantime,
+                  decided_at=now)
+        if not isinstance(target, IPv4Network | IPv6Network):
+            jails = self.pipeline.jails if name == MANUAL_JAIL else [self.pipeline.jail(name)]
+            for held in jails:
+                if held is not None:
+                    held.remember(target, now + bantime)
+        self.ban(ban, note=note)
+        return ban
+
+    def _protection(self, target: Target) -> str | None:
+        """Why the engine would never ban this target (a trusted proxy, ignoreip, a sender)."""
+        p = self.pipeline.protections
+        named = {"trusted_proxy": p.trusted_proxies, "ignoreip": p.ignoreip,
+                 "sender": p.senders}
+        for reason, nets in named.items():
+            for net in nets.networks:
+                if _overlaps(net, target):
+                    return f"{reason} {net}"
+        return None
+
+    def unban(self, target: Target, reason: str = "unban") -> list[Ban]:
+        """End every ban of `target` now; the jails forget its failures. Returns the bans
+        that ended (none: it was not banned)."""
+        ended = self.enforcer.lift(target, None, reason)
+        for ban in ended:
+            self.entries.pop((ban.jail, ban.target), None)
+        if not isinstance(target, IPv4Network | IPv6Network):
+            for jail in self.pipeline.jails:
+                jail.forget(target)
+        at = self._clock()
+        self.write(lambda db: store.lift(db, str(target), at, reason))
+        return ended
+
+    def allow(self, target: Target, duration: float | None = None, note: str = "") -> list[Ban]:
+        """Never count or ban `target` while the entry lasts; running bans of it (or of
+        addresses in it) end now. Returns those bans."""
+        if duration is not None and not 0 < duration <= MAX_DURATION:
+            raise AdminError("an allow entry lasts more than 0 seconds and at most 365 days")
+        now = self._clock()
+        row = store.AllowRow(str(target), now, None if duration is None else now + duration,
+                             note)
+        self.allowed[target] = row
+        self.apply_allowed()
+        self.write(lambda db: store.put_allow(db, row))
+        inside = {ban.target for _, ban in self.enforcer.running() if ban.target == target or (
+            not isinstance(ban.target, IPv4Network | IPv6Network)
+            and covers(target, ban.target))}
+        return [ended for t in sorted(inside | {target}, key=str)
+                for ended in self.unban(t, reason="allow")]
+
+    def disallow(self, target: Target) -> bool:
+        if self.allowed.pop(target, None) is None:
+            return False
+        self.apply_allowed()
+        self.write(lambda db: store.remove_allow(db, str(target)))
+        return True
+
+    def apply_allowed(self) -> None:
+        self.pipeline.allow(NetworkSet([ip_network(t) for t in self.allowed]))
+
+    def expire_allowed(self) -> None:
+        """Timed allow entries that ran out end (housekeeping)."""
+        now = self._clock()
+        ended = [t for t, row in self.allowed.items() if row.until is not None and row.until <= now]
+        for target in ended:
+            del self.allowed[target]
+            log.info("allow_ended", target=str(target))
+        if ended:
+            self.apply_allowed()
+
+    # -- what the admin reads ----------------------------------------------------------------
+
+    def running(self) -> list[RunningBan]:
+        """Every running ban, soonest end first (those until lifted last)."""
+        mono, wall = self._mono(), self._clock()
+        found = []
+        for end, ban in self.enforcer.running():
+            entry = self.entries.get((ban.jail, ban.target))
+            left = end - mono
+            timed = math.isfinite(left)
+            found.append(RunningBan(
+                str(ban.target), ban.jail, ban.origin.value, ban.failures,
+                entry.started_at if entry is not None else None,
+                wall + left if timed else None, round(left) if timed else None,
+                entry.note if entry is not None else ""))
+        found.sort(key=lambda b: (b.left is None, b.left or 0, b.target))
+        return found
+
+    def status(self, jail: str | None = None) -> dict[str, object]:
+        """fail2ban's six counters per jail, and each jail's banned list with time left."""
+        jails = self.pipeline.jails
+        if jail is not None:
+            found = self.pipeline.jail(jail)
+            if found is None and jail != MANUAL_JAIL:
+                raise AdminError(f"no jail {jail!r}")
+            jails = (found,) if found is not None else ()
+        banned = self.running()
+        report: dict[str, object] = {}
+        for j in jails:
+            mine = [b for b in banned if b.jail == j.settings.name]
+            report[j.settings.name] = {
+                "currently_failed": j.tracked, "total_failed": j.failed,
+                "currently_banned": len(mine), "total_banned": j.bans,
+                "banned": [{"target": b.target, "left": b.left} for b in mine],
+            }
+        if jail in (None, MANUAL_JAIL):
+            mine = [b for b in banned if b.jail == MANUAL_JAIL]
+            report[MANUAL_JAIL] = {
+                "currently_failed": 0, "total_failed": 0, "currently_banned": len(mine),
+                "total_banned": None,
+                "banned": [{"target": b.target, "left": b.left} for b in mine]}
+        return {"jails": report}
+
+    def allow_entries(self) -> list[dict[str, object]]:
+        return [{**row._asdict()} for row in self.allowed.values()]
+
+
+def _overlaps(a: Target, b: Target) -> bool:
+    na, nb = ip_network(a), ip_network(b)
+    return na.version == nb.version and na.overlaps(nb)

@@ -1,0 +1,95 @@
+"""Start-up: the store's running bans are enforced again with their remaining time, the jails
+hold the failures that led to them (and to bans lifted since), the admin's allow entries are in
+force, and afterwards (once the journal is replayed) the kernel's sets are reconciled: an
+element that is no running ban is reported and removed."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from ipaddress import IPv4Network, IPv6Network
+
+import structlog
+
+from bansink.engine.decisions import MANUAL_JAIL, Ban, Origin
+
+from .bans import AdminError, BanBook, Entry, parse_target
+from .store import bans as store
+from .store.writer import JournalWriter
+
+log = structlog.get_logger("bansink")
+
+
+async def restore_bans(book: BanBook, journal: JournalWriter, *, findtime: float) -> None:
+    """Before the journal's replay: put back the running bans and the allow entries; make each
+    jail hold the failures of addresses it banned (so that the replay does not ban them again)
+    or that were unbanned since `findtime` ago (so that failures from before the unban do not
+    count again)."""
+    loop = asyncio.get_running_loop()
+    wall, mono = time.time(), loop.time()
+
+    def read() -> tuple[list[store.BanRow], list[store.BanRow], list[store.AllowRow]]:
+        db = journal.journal.db
+        return (store.running(db, wall), store.lifted_since(db, wall - findtime),
+                store.allows(db, wall))
+
+    running, lifted, allows = await journal.run_blocking(read)
+    for allow in allows:
+        try:
+            book.allowed[parse_target(allow.target)] = allow
+        except AdminError as exc:
+            log.error("store_row_unreadable", table="allow", error=str(exc))
+    book.apply_allowed()
+    jails = {jail.settings.name: jail for jail in book.pipeline.jails}
+    for row in lifted:
+        jail = jails.get(row.jail)
+        if jail is not None and row.lifted_at is not None and "/" not in row.target:
+            target = parse_target(row.target)
+            if not isinstance(target, IPv4Network | IPv6Network):
+                jail.remember(target, mono - (wall - row.lifted_at))
+    restored: list[Ban] = []
+    gone: set[str] = set()
+    for row in running:
+        if row.jail != MANUAL_JAIL and row.jail not in jails:
+            gone.add(row.jail)
+            continue
+        try:
+            target = parse_target(row.target)
+            origin = Origin(row.origin)
+        except (AdminError, ValueError) as exc:
+            log.error("store_row_unreadable", table="ban", id=row.id, error=str(exc))
+            continue
+        left = math.inf if row.ends_at is None else row.ends_at - wall
+        if left < 1:
+            continue
+        restored.append(Ban(target=target, origin=origin, jail=row.jail, failures=row.failures,
+                            bantime=left, decided_at=mono))
+        book.entries[(row.jail, target)] = Entry(row.started_at, row.id, row.step, row.note)
+        if not isinstance(target, IPv4Network | IPv6Network):
+            holders = jails.values() if row.jail == MANUAL_JAIL else [jails[row.jail]]
+            for jail in holders:
+                jail.remember(target, mono + left)
+    if gone:
+        kept = [*jails, MANUAL_JAIL]
+        book.write(lambda db: store.lift_jails_except(db, kept, wall))
+        log.warning("bans_of_removed_jails_ended", jails=sorted(gone))
+    book.enforcer.restore(restored)
+    log.info("bans_restored", bans=len(restored), allow_entries=len(book.allowed),
+             seconds=round(loop.time() - mono, 3))
+
+
+async def remove_strays(book: BanBook) -> None:
+    """After the replay: remove what bansink's sets hold beyond the running bans (added by
+    hand, or left by a ban that was lifted while bansink was stopped)."""
+    enforcer = book.enforcer
+    keep = enforcer.running_keys()
+    try:
+        strays = await enforcer.run_blocking(lambda: enforcer.backend.remove_strays(keep))
+    except Exception as exc:  # the sets are still enforced; the strays stay until they expire
+        log.error("nft_strays_not_removed", error=str(exc))
+        return
+    if strays:
+        log.warning("nft_strays_removed", count=len(strays),
+                    elements=[f"{name} {target}" for name, target in strays[:20]],
+                    hint="bansink owns its sets: add bans with `bansink ban`")
