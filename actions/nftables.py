@@ -65,8 +65,8 @@ _INSTALL_HINT = (
     "bansink with Debian's python3 (deploy/setup.sh does both), or use --dry-run"
 )
 _PRIVILEGE_HINT = (
-    "bansink needs CAP_NET_ADMIN to manage nftables: run it as root, or as its own user with "
-    "that capability (AmbientCapabilities=CAP_NET_ADMIN in the systemd unit, or `setpriv "
+    "managing nftables needs CAP_NET_ADMIN: run bansink as root, or as its own user with that "
+    "capability (AmbientCapabilities=CAP_NET_ADMIN in the systemd unit, or `setpriv "
     "--ambient-caps +net_admin`), or use --dry-run"
 )
 CAP_NET_ADMIN = 12  # linux/capability.h
