@@ -72,6 +72,25 @@ _INSTALL_HINT = (
     "install Debian's nftables bindings (apt-get install nftables python3-nftables) and run "
     "bansink with Debian's python3 (deploy/setup.sh does both), or use --dry-run"
 )
+_PRIVILEGE_HINT = (
+    "managing nftables needs CAP_NET_ADMIN: run bansink as root, or as its own user with that "
+    "capability (AmbientCapabilities=CAP_NET_ADMIN in the systemd unit, or `setpriv "
+    "--ambient-caps +net_admin`), or use --dry-run"
+)
+CAP_NET_ADMIN = 12  # linux/capability.h
+
+
+def has_net_admin() -> bool:
+    """Whether this process holds CAP_NET_ADMIN in its effective set (root usually does, an
+    unprivileged user only when granted it). Root is assumed to when /proc is unreadable."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.geteuid() == 0
 
 
 def load_libnftables() -> Any:
@@ -255,10 +274,7 @@ class NftablesSet:
         if rc != 0:
             message = " ".join(str(error).split()) or f"libnftables returned {rc}"
             if "Operation not permitted" in message:
-                raise BackendUnavailable(
-                    "nftables refused: bansink needs root (CAP_NET_ADMIN) to manage its table; "
-                    "run it as root or use --dry-run"
-                )
+                raise BackendUnavailable(f"nftables refused: {_PRIVILEGE_HINT}")
             raise NftablesError(message)
         return output
 
@@ -340,11 +356,8 @@ class NftablesSet:
         tables. A chain whose rules differ from the config gets them replaced, and chains the
         config does not ask for are removed, all in one transaction."""
         self._load()
-        if os.geteuid() != 0:
-            raise BackendUnavailable(
-                "bansink needs root (CAP_NET_ADMIN) to manage nftables; run it as root or use "
-                "--dry-run"
-            )
+        if not has_net_admin():
+            raise BackendUnavailable(_PRIVILEGE_HINT)
         with self._lock:
             have = self._inventory()
             try:

@@ -18,6 +18,13 @@ if [ -n "$missing" ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
 fi
+# The account deploy/bansink.service runs as (README, "Running with least privilege"); running
+# bansink as root from this checkout does not use it.
+if ! getent passwd bansink >/dev/null; then
+    if getent group bansink >/dev/null; then group="--gid bansink"; else group="--user-group"; fi
+    useradd --system $group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
+        --comment "bansink daemon" bansink
+fi
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import nftables' 2>/dev/null; then
     rm -rf .venv
     /usr/bin/python3 -m venv --system-site-packages .venv
