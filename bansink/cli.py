@@ -1,4 +1,5 @@
-"""`bansink run | check-config | test | nft remove`."""
+"""`bansink run | check-config | test | nft remove`, and the admin's commands to the running
+daemon: `status | bans | allows | ban | unban | allow | disallow | history | explain`."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from bansink.actions.nftables import NftablesError, NftablesSet
 from bansink.engine.filters.filter import FilterError
 from bansink.engine.sources import Source, builtin_filter_sources, builtin_sources, filter_source
 
+from . import ctl
 from .config import DEFAULT_PATH, Config, ConfigError, load_config
 from .daemon import ListenError, serve
 from .jails import jails_and_sources
@@ -135,6 +137,19 @@ def _nft_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def _admin(args: argparse.Namespace) -> int:
+    socket = args.socket or _config(args.config).control.socket
+    if not socket:
+        return _fail("control.socket is \"\" in the config: the daemon has no control socket")
+    try:
+        print(ctl.run(args, socket))
+    except ctl.ControlUnreachable as exc:
+        return _fail(str(exc))
+    except ctl.Refused as exc:
+        return _fail(str(exc))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bansink", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -167,6 +182,14 @@ def parser() -> argparse.ArgumentParser:
     remove = nft_sub.add_parser("remove", help="delete bansink's own table and its bans")
     remove.add_argument("--config", type=Path)
     remove.set_defaults(func=_nft_remove)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="the API's JSON, for scripts")
+    common.add_argument("--socket", help="the control socket (default: control.socket of the "
+                                         "config)")
+    common.add_argument("--config", type=Path, help=f"config file (default {DEFAULT_PATH})")
+    ctl.add_commands(sub, common)
+    for name in ctl.ADMIN_COMMANDS:
+        sub.choices[name].set_defaults(func=_admin)
     return p
 
 

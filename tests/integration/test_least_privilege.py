@@ -6,6 +6,7 @@ unit's SystemCallFilter refuses. Also what it says when CAP_NET_ADMIN is missing
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -116,7 +117,8 @@ def public() -> Iterator[Path]:
 def config(state: Path) -> str:
     return (f'[receiver]\nudp = ["127.0.0.1:{PORT}"]\ntcp = ["127.0.0.1:{PORT}", "[::1]:{PORT}"]\n'
             f'relp = ["127.0.0.1:{RELP_PORT}"]\n[jail]\nmaxretry = 2\n'
-            f'[journal]\npath = "{state}/journal.db"\n[log]\nformat = "json"\n')
+            f'[journal]\npath = "{state}/journal.db"\n[log]\nformat = "json"\n'
+            f'[control]\nsocket = "{state}/control.sock"\n')
 
 
 def login_failed(ip: str) -> str:
@@ -147,6 +149,11 @@ class Run:
     reloaded: bool
     exit_code: int
     files: dict[str, os.stat_result]
+    """What it left in its state directory after it stopped"""
+    control: os.stat_result
+    """Its control socket, while it ran"""
+    listed: list[dict]
+    """`bansink bans --json` asked of it by root"""
     syscalls: set[str] | None
 
 
@@ -189,13 +196,16 @@ def run(account: tuple[int, int], public: Path) -> Run:
         wanted = {"203.0.113.1", "203.0.113.2", "203.0.113.3"}
         wait_until(lambda: wanted <= set(ns.set_elements()), 20, "three bans")
         bans = set(ns.set_elements())
+        control = (state / "control.sock").lstat()
+        listed = json.loads(ns.run(str(BIN / "bansink"), "bans", "--json", "--socket",
+                                   str(state / "control.sock")).stdout)["bans"]
         os.kill(pid, signal.SIGHUP)  # the reload path too
         reloaded = bool(wait_until(lambda: daemon.lines("reloaded"), 10, "reloaded line"))
         os.kill(pid, signal.SIGTERM)
         daemon.proc.wait(15)  # strace exits with its tracee's status
         exit_code = daemon.stop()
     files = {path.name: path.lstat() for path in [state, *state.iterdir()]}
-    return Run(uid, gid, status, bans, replies, reloaded, exit_code, files,
+    return Run(uid, gid, status, bans, replies, reloaded, exit_code, files, control, listed,
                syscalls_after_exec(trace) if trace.exists() else None)
 
 
@@ -235,6 +245,13 @@ def test_what_it_creates_is_its_own_and_private(run: Run):
         assert (st.st_uid, st.st_gid) == (run.uid, run.gid), name
         want = 0o700 if name == "state" else 0o600
         assert stat.S_IMODE(st.st_mode) == want, (name, oct(st.st_mode))
+    assert "control.sock" not in run.files  # removed when it stopped
+    assert stat.S_ISSOCK(run.control.st_mode) and stat.S_IMODE(run.control.st_mode) == 0o600
+    assert (run.control.st_uid, run.control.st_gid) == (run.uid, run.gid)
+
+
+def test_its_control_socket_answers_root(run: Run):
+    assert {b["target"] for b in run.listed} == {"203.0.113.1", "203.0.113.2", "203.0.113.3"}
 
 
 def filter_groups(groups: str) -> set[str]:
