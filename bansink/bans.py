@@ -18,6 +18,7 @@ all of this still works and lasts until bansink stops.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import sqlite3
 import time
@@ -30,6 +31,7 @@ import structlog
 
 from bansink.engine.addresses import IPAddress, NetworkSet
 from bansink.engine.decisions import MANUAL_JAIL, Ban, Origin, Target
+from bansink.engine.escalation import BanRecord, ban_count, ban_time
 from bansink.engine.pipeline import SecurityPipeline
 
 from .enforcer import Enforcer
@@ -99,11 +101,17 @@ class Entry:
 class BanBook:
     def __init__(self, pipeline: SecurityPipeline, enforcer: Enforcer,
                  journal: JournalWriter | None, *, findtime: Callable[[str], float],
+                 history: float = 30 * 86400.0,
                  clock: Callable[[], float] = time.time) -> None:
-        """`findtime(jail)`: how far back a jail's ban takes its messages as evidence."""
+        """`findtime(jail)`: how far back a jail's ban takes its messages as evidence;
+        `history`: how long ended bans are remembered (repeat offenders are judged by them:
+        fail2ban's dbpurgeage)."""
         self.pipeline, self.enforcer, self.journal = pipeline, enforcer, journal
         self._findtime = findtime
+        self.horizon = history
         self._clock = clock
+        self.history: dict[Target, list[BanRecord]] = {}
+        """target -> its bans (wall clock) within `history`: the repeat offenders' record"""
         self.entries: dict[tuple[str, Target], Entry] = {}
         self.allowed: dict[Target, store.AllowRow] = {}
 
@@ -116,16 +124,31 @@ class BanBook:
 
     # -- decisions ---------------------------------------------------------------------------
 
-    def ban(self, ban: Ban, started_at: float | None = None, note: str = "") -> None:
-        """Enforce and record a ban (a jail's decision, or one made here)."""
+    def ban(self, ban: Ban, started_at: float | None = None, note: str = "") -> Ban:
+        """Enforce and record a ban (a jail's decision, or one made here); a jail's ban of a
+        repeat offender is made longer as its `bantime.*` settings say. Returns the ban as
+        enforced."""
         wall = self._clock() if started_at is None else started_at
+        step = 0
+        jail = self.pipeline.jail(ban.jail) if ban.origin is Origin.JAIL else None
+        escalation = jail.settings.escalation if jail is not None else None
+        if jail is not None and escalation is not None:
+            step = ban_count(self.history.get(ban.target, ()), ban.jail, wall,
+                             overalljails=escalation.overalljails, dbpurgeage=self.horizon)
+            longer = ban_time(escalation, ban.bantime, step)
+            if longer != ban.bantime:
+                ban = dataclasses.replace(ban, bantime=longer, origin=Origin.ESCALATION)
+                if not isinstance(ban.target, IPv4Network | IPv6Network):
+                    jail.remember(ban.target, ban.decided_at + longer)
+        self.history.setdefault(ban.target, []).append(
+            BanRecord(ban.jail, wall, wall + ban.bantime))
         left = ban.decided_at + ban.bantime - self._mono()
         ends = None if math.isinf(ban.bantime) else self._clock() + left
-        entry = Entry(wall, note=note)
+        entry = Entry(wall, step=step, note=note)
         self.entries[(ban.jail, ban.target)] = entry
         findtime = self._findtime(ban.jail) if ban.origin is not Origin.MANUAL else None
         record = store.NewBan(str(ban.target), ban.jail, ban.origin.value, ban.failures, wall,
-                              ends, note=note,
+                              ends, step=step, note=note,
                               evidence_since=None if findtime is None else wall - findtime)
 
         def write(db: sqlite3.Connection) -> None:
@@ -133,6 +156,7 @@ class BanBook:
 
         self.write(write)
         self.enforcer.ban(ban)
+        return ban
 
     # -- the admin's actions -----------------------------------------------------------------
 
@@ -165,8 +189,7 @@ class BanBook:
             for held in jails:
                 if held is not None:
                     held.remember(target, now + bantime)
-        self.ban(ban, note=note)
-        return ban
+        return self.ban(ban, note=note)
 
     def _protection(self, target: Target) -> str | None:
         """Why the engine would never ban this target (a trusted proxy, ignoreip, a sender)."""
@@ -218,6 +241,16 @@ class BanBook:
 
     def apply_allowed(self) -> None:
         self.pipeline.allow(NetworkSet([ip_network(t) for t in self.allowed]))
+
+    def forget_history(self) -> None:
+        """Drop the record of bans that ended more than `history` ago (housekeeping)."""
+        horizon = self._clock() - self.horizon
+        for target in list(self.history):
+            kept = [record for record in self.history[target] if record.end >= horizon]
+            if kept:
+                self.history[target] = kept
+            else:
+                del self.history[target]
 
     def expire_allowed(self) -> None:
         """Timed allow entries that ran out end (housekeeping)."""

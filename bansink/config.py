@@ -31,6 +31,7 @@ from pydantic import (
 from bansink.actions.nftjson import PortRange
 from bansink.actions.ratelimit import MAX_WINDOW, RateLimit
 from bansink.engine.decisions import MANUAL_JAIL
+from bansink.engine.escalation import EscalationSettings, parse_factor, parse_multipliers
 
 from .ports import parse_ports
 
@@ -294,6 +295,43 @@ class JailConfig(_Section):
     """Window in which failures count: 1 second to 30 days."""
     bantime: BanTime = 3600.0
     """How long a ban lasts: 1 second to 365 days (see MAX_BANTIME for the kernel's limit)."""
+    # Repeat offenders, with fail2ban's keys (quoted in TOML: "bantime.increment" = true);
+    # engine/escalation.py says what each does.
+    bantime_increment: bool = Field(False, alias="bantime.increment", strict=True)
+    bantime_factor: float | str = Field(1.0, alias="bantime.factor")
+    bantime_formula: str = Field("", alias="bantime.formula", max_length=500)
+    bantime_multipliers: str | list[float] = Field("", alias="bantime.multipliers")
+    bantime_maxtime: BanTime | None = Field(None, alias="bantime.maxtime")
+    bantime_rndtime: BanTime | None = Field(None, alias="bantime.rndtime")
+    bantime_overalljails: bool = Field(False, alias="bantime.overalljails", strict=True)
+
+    @property
+    def escalation(self) -> EscalationSettings | None:
+        """The `bantime.*` settings; None while bantime.increment is off."""
+        if not self.bantime_increment:
+            return None
+        factor = self.bantime_factor
+        multipliers = self.bantime_multipliers
+        settings = EscalationSettings(
+            increment=True,
+            factor=parse_factor(factor) if isinstance(factor, str) else float(factor),
+            formula=self.bantime_formula or None,
+            multipliers=(parse_multipliers(multipliers) if isinstance(multipliers, str)
+                         else tuple(multipliers)),
+            maxtime=self.bantime_maxtime, rndtime=self.bantime_rndtime,
+            overalljails=self.bantime_overalljails)
+        settings.check_bantime(self.bantime)
+        return settings
+
+    @model_validator(mode="after")
+    def _escalation_holds(self) -> JailConfig:
+        try:
+            self.escalation  # noqa: B018 (built to be checked)
+        except ValueError as exc:
+            message = str(exc)
+            raise ValueError(message if message.startswith("bantime.") else
+                             f"bantime.factor: {message}") from None
+        return self
 
 
 class JailEntry(JailConfig):

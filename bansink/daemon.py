@@ -138,7 +138,7 @@ class Daemon:
                 jc.commit_interval, salvage_horizon=max(config.longest_findtime, jc.relp_dedupe),
                 unwritten=self._unwritten)
         self.book = BanBook(self.pipeline, self.enforcer, self.journal,
-                            findtime=self._findtime)
+                            findtime=self._findtime, history=jc.history)
         self.control: ControlServer | None = None
         self.hub: Hub | None = None
         self.listeners: list[Listener] = []
@@ -278,6 +278,7 @@ class Daemon:
             if prune:
                 last_prune = now
                 self.enforcer.forget_ended(now)
+                self.book.forget_history()
             if self.journal is not None:
                 await self.journal.housekeeping(time.time(), prune=prune)
             if now - last_stats >= STATS_INTERVAL:

@@ -30,7 +30,8 @@ def jails_and_sources(config: Config) -> tuple[list[JailSpec], dict[str, Source]
     if not config.jails:
         jc = config.jail
         return [JailSpec(JailSettings(LEGACY_JAIL, jc.maxretry, jc.findtime, jc.bantime,
-                                      config.engine.max_tracked), ("roundcube-security_log",))], \
+                                      config.engine.max_tracked, jc.escalation),
+                         ("roundcube-security_log",))], \
             dict(known)
     folders = [Path(folder) for folder in config.engine.filter_paths]
     sources: dict[str, Source] = {}
@@ -63,7 +64,7 @@ def jails_and_sources(config: Config) -> tuple[list[JailSpec], dict[str, Source]
         if names:
             specs.append(JailSpec(
                 JailSettings(name, jail.maxretry, jail.findtime, jail.bantime,
-                             config.engine.max_tracked),
+                             config.engine.max_tracked, jail.escalation),
                 tuple(dict.fromkeys(names)), tags,
                 NetworkSet(jail.ignoreip) if jail.ignoreip else None))
     if problems:

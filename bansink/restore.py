@@ -13,6 +13,7 @@ from ipaddress import IPv4Network, IPv6Network
 import structlog
 
 from bansink.engine.decisions import MANUAL_JAIL, Ban, Origin
+from bansink.engine.escalation import BanRecord
 
 from .bans import AdminError, BanBook, Entry, parse_target
 from .store import bans as store
@@ -29,12 +30,20 @@ async def restore_bans(book: BanBook, journal: JournalWriter, *, findtime: float
     loop = asyncio.get_running_loop()
     wall, mono = time.time(), loop.time()
 
-    def read() -> tuple[list[store.BanRow], list[store.BanRow], list[store.AllowRow]]:
+    def read() -> tuple[list[store.BanRow], list[store.BanRow], list[store.AllowRow],
+                        list[store.BanRow]]:
         db = journal.journal.db
         return (store.running(db, wall), store.lifted_since(db, wall - findtime),
-                store.allows(db, wall))
+                store.allows(db, wall), store.since(db, wall - book.horizon))
 
-    running, lifted, allows = await journal.run_blocking(read)
+    running, lifted, allows, history = await journal.run_blocking(read)
+    for row in history:
+        try:
+            book.history.setdefault(parse_target(row.target), []).append(BanRecord(
+                row.jail, row.started_at,
+                row.lifted_at or (math.inf if row.ends_at is None else row.ends_at)))
+        except AdminError:
+            continue
     for allow in allows:
         try:
             book.allowed[parse_target(allow.target)] = allow

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from .addresses import IPAddress, NetworkSet
 from .decisions import Ban, Origin
+from .escalation import EscalationSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,9 @@ class JailSettings:
     findtime: float = 600.0
     bantime: float = 3600.0
     max_tracked: int = 1_000_000
+    escalation: EscalationSettings | None = None
+    """Longer bans for repeat offenders (`bantime.increment` …); None: every ban lasts
+    `bantime`."""
 
     def __post_init__(self) -> None:
         if self.maxretry < 1:

@@ -67,14 +67,17 @@ def test_the_example_config_is_complete_and_valid():
     assert c == Config()  # the example states every default truthfully
 
 
-def _keys(model: type[BaseModel], prefix: str = "") -> set[str]:
+def _keys(model: type[BaseModel], prefix: str = "", unset: bool = True) -> set[str]:
+    """Every key as a config file spells it (`"bantime.increment"` quoted: one key); without
+    those whose default is unset (None) if `unset` is False."""
     keys = set()
     for name, field in model.model_fields.items():
         kind = field.annotation
         if isinstance(kind, type) and issubclass(kind, BaseModel):
-            keys |= _keys(kind, f"{prefix}{name}.")
-        else:
-            keys.add(prefix + name)
+            keys |= _keys(kind, f"{prefix}{name}.", unset)
+        elif unset or field.default is not None:
+            alias = field.alias or name
+            keys.add(prefix + (f'"{alias}"' if "." in alias else alias))
     return keys
 
 
@@ -84,19 +87,24 @@ def _toml_keys(data: dict, prefix: str = "") -> set[str]:
         if isinstance(value, dict):
             keys |= _toml_keys(value, f"{prefix}{name}.")
         else:
-            keys.add(prefix + name)
+            keys.add(prefix + (f'"{name}"' if "." in name else name))
     return keys
 
 
 def test_the_example_config_lists_every_key():
     text = EXAMPLE.read_text()
     listed = _toml_keys(tomllib.loads(text))
-    assert listed == _keys(Config) - {"jails", "ratelimit"}  # shown commented out
+    # [jails.NAME] and [ratelimit.NAME] are shown commented out, and so are keys unset by default
+    assert listed == _keys(Config, unset=False) - {"jails", "ratelimit"}
     example = "\n".join(line.removeprefix("# ") for line in text.splitlines()
                         if line.startswith("# ") and "=" in line)
-    assert all(f"\n{key} =" in f"\n{example}" for key in JailEntry.model_fields), \
+    unset = {key.rpartition(".")[2] if '"' not in key else key[key.index('"'):]
+             for key in _keys(Config) - _keys(Config, unset=False)}
+    assert all(f"\n{key} =" in f"\n{example}" for key in unset), \
+        "every key unset by default is shown commented out"
+    assert all(f"\n{key} =" in f"\n{example}" for key in _keys(JailEntry)), \
         "every [jails.NAME] key is shown in the commented example"
-    assert all(f"\n{key} =" in f"\n{example}" for key in RateLimitEntry.model_fields), \
+    assert all(f"\n{key} =" in f"\n{example}" for key in _keys(RateLimitEntry)), \
         "every [ratelimit.NAME] key is shown in the commented example"
     assert {"receiver.allow_any", "receiver.loopback_users", "engine.allow_any",
             "journal.relp_window"} <= listed
