@@ -5,8 +5,8 @@ table."""
 import json
 import time
 
-from lab import PORT, PROXY4, Lab, login_failed
-from support import BIN, wait_until
+from lab import PORT, PROXY4, Lab, config, login_failed
+from support import BIN, Daemon, wait_until
 
 ATTACKER, OTHER, DIRECTOR = "203.0.113.7", "203.0.113.8", "203.0.113.50"
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
@@ -170,3 +170,22 @@ def test_a_flushed_set_is_refilled_within_5_seconds(lab: Lab):
                5, "the bans back within 5 s")
     rebuilt = daemon.lines("nft_table_rebuilt")
     assert rebuilt and "emptied" in rebuilt[-1]["problem"]
+
+
+def test_a_repeat_offender_is_banned_longer_from_the_history_in_the_store(lab: Lab):
+    text = config(maxretry=2, bantime="3s", findtime="1m").replace(
+        "[jail]\n", '[jail]\n"bantime.increment" = true\n"bantime.maxtime" = "1h"\n')
+    lab.daemon = Daemon(lab.proxy, text, lab.tmp)
+    fail(lab, ATTACKER, 2)
+    wait_until(lambda: banned(lab) == {ATTACKER}, 10, "the first ban")
+    assert lab.proxy.set_elements()[ATTACKER]["timeout"] == 3
+    wait_until(lambda: banned(lab) == set(), 10, "the first ban over")
+    assert lab.daemon.stop() == 0
+    lab.daemon = Daemon(lab.proxy, text, lab.tmp)  # what it remembers comes from the store
+    fail(lab, ATTACKER, 2)
+    wait_until(lambda: banned(lab) == {ATTACKER}, 10, "the second ban")
+    assert lab.proxy.set_elements()[ATTACKER]["timeout"] == 6  # 2 x bantime
+    (ban,) = lab.daemon.lines("ban")
+    assert (ban["origin"], ban["bantime"]) == ("escalation", 6.0)
+    (latest, first) = ask(lab, "history", ATTACKER)["bans"]
+    assert (latest["escalation_step"], first["escalation_step"]) == (1, 0)
