@@ -93,6 +93,8 @@ class Entry:
 
     started_at: float
     """Wall clock."""
+    ends: float
+    """Monotonic (math.inf: until lifted): when the book forgets it."""
     id: int | None = None
     step: int = 0
     note: str = ""
@@ -144,7 +146,7 @@ class BanBook:
             BanRecord(ban.jail, wall, wall + ban.bantime))
         left = ban.decided_at + ban.bantime - self._mono()
         ends = None if math.isinf(ban.bantime) else self._clock() + left
-        entry = Entry(wall, step=step, note=note)
+        entry = Entry(wall, ban.decided_at + ban.bantime, step=step, note=note)
         self.entries[(ban.jail, ban.target)] = entry
         findtime = self._findtime(ban.jail) if ban.origin is not Origin.MANUAL else None
         record = store.NewBan(str(ban.target), ban.jail, ban.origin.value, ban.failures, wall,
@@ -243,7 +245,11 @@ class BanBook:
         self.pipeline.allow(NetworkSet([ip_network(t) for t in self.allowed]))
 
     def forget_history(self) -> None:
-        """Drop the record of bans that ended more than `history` ago (housekeeping)."""
+        """Drop what is known of bans that ended, and the record of those that ended more
+        than `history` ago (housekeeping)."""
+        now = self._mono()
+        for key in [key for key, entry in self.entries.items() if entry.ends < now]:
+            del self.entries[key]
         horizon = self._clock() - self.horizon
         for target in list(self.history):
             kept = [record for record in self.history[target] if record.end >= horizon]

@@ -74,7 +74,8 @@ async def restore_bans(book: BanBook, journal: JournalWriter, *, findtime: float
             continue
         restored.append(Ban(target=target, origin=origin, jail=row.jail, failures=row.failures,
                             bantime=left, decided_at=mono))
-        book.entries[(row.jail, target)] = Entry(row.started_at, row.id, row.step, row.note)
+        book.entries[(row.jail, target)] = Entry(row.started_at, mono + left, row.id, row.step,
+                                                 row.note)
         if not isinstance(target, IPv4Network | IPv6Network):
             holders = jails.values() if row.jail == MANUAL_JAIL else [jails[row.jail]]
             for jail in holders:
