@@ -64,3 +64,22 @@ def test_pruning_keeps_a_bans_messages_as_long_as_its_history(tmp_path):
     assert bans.messages_of(j.db, B) == []
     j.prune(200 + 86400 + 1)  # the ban's history is over: it goes, and its evidence with it
     assert bans.history(j.db, [A]) == [] and bans.messages_of(j.db, A) == []
+
+
+def test_a_version_1_journal_is_upgraded_in_place_and_keeps_its_rows(tmp_path):
+    import sqlite3
+
+    from bansink.store.journal import _UPGRADES
+
+    path = tmp_path / "journal.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(f"BEGIN; {_UPGRADES[1]} PRAGMA user_version=1; COMMIT;")
+    db.execute("INSERT INTO message (received_at, transport, peer, raw, digest) VALUES "
+               "(1.0, 'relp', '192.0.2.2', x'6869', x'00')")
+    db.close()
+    j = Journal(path, retention=600, max_rows=1000)
+    j.open()
+    assert j.db.execute("PRAGMA user_version").fetchone()[0] == 2
+    (row,) = j.replay(0)
+    assert (row.raw, row.address) == (b"hi", "")
+    assert bans.running(j.db, 0) == []
