@@ -23,7 +23,6 @@ the future), one without a date takes `now`'s date; local time unless the line n
 from __future__ import annotations
 
 import calendar
-import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -135,7 +134,7 @@ class DateTemplate:
         """The match's time, seconds since the epoch (None if it is no valid date)."""
         try:
             if self.kind == "pattern":
-                return _pattern_time(tuple(match.groupdict().items()), now)
+                return _pattern_time(self.regex, match.groups(), now)
             if self.kind == "tai64n":
                 return float(int(match.group(1)[2:17], 16))
             if self.kind == "none":
@@ -302,17 +301,34 @@ def _zone_minutes(zone: str) -> int | None:
     return int(base * 60) + offset
 
 
-@functools.lru_cache(maxsize=4096)
-def _pattern_time(groups: tuple[tuple[str, str | None], ...], now: float) -> float | None:
-    """_from_groups, remembered: a log's lines share their seconds (measured: 7 us a line
-    without the cache, most of a matched line's cost). A time without a zone is local time:
-    whoever changes the process's zone (TZ and tzset, as the tests do) calls zone_changed()."""
-    return _from_groups(dict(groups), now)
+_TIMES: dict[tuple[str, tuple[str | None, ...], float], float | None] = {}
+"""Times already read, by (template regex, its groups, now): a log's lines share their seconds
+(measured: 7 us a line without it, most of a matched line's cost)."""
+_TIMES_KEPT = 4096
+
+
+def _pattern_time(regex: re.Pattern[str], groups: tuple[str | None, ...],
+                  now: float) -> float | None:
+    """_from_groups, remembered. Keyed by the regex's text (which fixes its group names) and
+    the match's groups: the same key is the same groupdict. A time without a zone is local
+    time: whoever changes the process's zone (TZ and tzset, as the tests do) calls
+    zone_changed()."""
+    key = (regex.pattern, groups, now)
+    try:
+        return _TIMES[key]
+    except KeyError:
+        pass
+    names = regex.groupindex
+    moment = _from_groups({name: groups[number - 1] for name, number in names.items()}, now)
+    if len(_TIMES) >= _TIMES_KEPT:
+        _TIMES.clear()
+    _TIMES[key] = moment
+    return moment
 
 
 def zone_changed() -> None:
     """Forget the remembered times: the local time zone is another now."""
-    _pattern_time.cache_clear()
+    _TIMES.clear()
 
 
 def _from_groups(groups: Mapping[str, str | None], now: float) -> float | None:

@@ -18,7 +18,7 @@ needs the host of another line is named in a note and never makes a failure. `jo
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -79,6 +79,33 @@ def greedy_host(regex: str) -> bool:
     return bool(_GREEDY.search(after)) or not after.rstrip().endswith("$")
 
 
+class _Reading(NamedTuple):
+    """Where a failregex's failure fields are, for the common shape read without building
+    dictionaries: a host from `<ADDR>`/`<HOST>`'s address groups (ip4, ip6) and an optional
+    user, all in the failregex, none in the prefregex, no `<F-NOFAIL>`, names or ids. Positions
+    in `Match.groups()`; `user` is -1 when there is none."""
+
+    ip4: int
+    ip6: int
+    user: int
+
+
+_FIELD_GROUPS = ("nofail", "ip4", "ip6", "dns", "fid", "user")
+
+
+def _reading(regex: re.Pattern[str], prefregex: re.Pattern[str] | None) -> _Reading | None:
+    """The failregex's `_Reading` if it has the common shape; None: read it by group names."""
+    names = set(regex.groupindex)
+    prefix = set(prefregex.groupindex) if prefregex is not None else set()
+    fields = {name for name in names | prefix
+              if name in _FIELD_GROUPS or name.startswith("alt_user")}
+    if fields - {"user"} != {"ip4", "ip6"} or fields & prefix:
+        return None
+    index = regex.groupindex
+    return _Reading(index["ip4"] - 1, index["ip6"] - 1, index["user"] - 1 if "user" in index
+                    else -1)
+
+
 @dataclass(frozen=True, slots=True)
 class Filter:
     name: str
@@ -92,54 +119,98 @@ class Filter:
     notes: tuple[str, ...] = ()
     """What the operator should know about this filter (said once, at load)."""
     metadata: Mapping[str, str] = field(default_factory=dict)
+    _failing: tuple[tuple[int, Callable[[str], re.Match[str] | None], _Reading | None], ...] = \
+        field(init=False, repr=False, compare=False)
+    """Per failregex, for the hot path: its index, its bound `search`, its `_Reading`."""
+    _content: int = field(init=False, repr=False, compare=False)
+    """The prefregex's `<F-CONTENT>` group number (0: none)."""
+    _ignore_first: bool = field(init=False, repr=False, compare=False)
+    """Try the ignoreregexes before the failregexes (many more fail- than ignore-regexes)."""
+
+    def __post_init__(self) -> None:
+        prefix = self.prefregex
+        object.__setattr__(self, "_failing", tuple(
+            (index, regex.search, _reading(regex, prefix))
+            for index, regex in enumerate(self.failregex)))
+        object.__setattr__(self, "_content",
+                           prefix.groupindex.get("content", 0) if prefix is not None else 0)
+        object.__setattr__(self, "_ignore_first", bool(self.ignoreregex) and
+                           len(self.ignoreregex) < len(self.failregex) - 2)
 
     def match(self, line: str, now: float) -> LineResult:
         """Find the line's date (relative to `now` where it lacks a year), cut it out, match.
         The date is read only for a failure (reading it is most of a miss's cost)."""
         found = find_date(line, self.dates) if self.dates else None
         if found is None:
-            return self.match_text(line)
-        matched, template = found
-        result = self.match_text(line[:matched.start(1)] + line[matched.end(1):])
-        if isinstance(result, Failure):
-            return result._replace(time=template.read(matched, now))
-        return result
+            return self._match(line, None, None, now)
+        start, end = found[0].span(1)
+        return self._match(line[:start] + line[end:], None, found, now)
 
     def match_text(self, text: str, when: float | None = None) -> LineResult:
         """Match a line whose date is already cut out; `when` is its time, if known."""
+        return self._match(text, when, None, 0.0)
+
+    def _match(self, text: str, when: float | None,
+               date: tuple[re.Match[str], DateTemplate] | None, now: float) -> LineResult:
+        """The result for `text` (date cut out); a failure's time is `when`, or the `date`
+        found in the line, read against `now`."""
         buffer = text + "\n"
         ignore = self.ignoreregex
-        if ignore and len(ignore) < len(self.failregex) - 2:
+        if self._ignore_first:
             hit = _first(ignore, buffer)
             if hit is not None:
                 return Ignored(hit)
-        fields: dict[str, str | None] = {}
+        prefix = None
         if self.prefregex is not None:
             prefix = self.prefregex.search(buffer)
             if prefix is None:
                 return MISSED
-            fields = prefix.groupdict()
-            content = fields.pop("content", None)
-            if content:
-                buffer = content + "\n"
-        for index, regex in enumerate(self.failregex):
-            matched = regex.search(buffer)
+            if self._content:
+                content = prefix.group(self._content)
+                if content:
+                    buffer = content + "\n"
+        for index, search, reading in self._failing:
+            matched = search(buffer)
             if matched is None:
                 continue
             if ignore:
                 hit = _first(ignore, buffer)
                 if hit is not None:
                     return Ignored(hit)
-            groups = {**fields, **{k: v for k, v in matched.groupdict().items()
-                                   if v is not None or k not in fields}}
-            if groups.get("nofail"):
-                return NoFailure(index)
-            host, is_name = _host(groups)
-            if host is None:
-                return NoFailure(index)
-            user = groups.get("user") or _alternative(groups, "alt_user")
+            if reading is not None:
+                found = matched.groups()
+                host = found[reading.ip4] or found[reading.ip6]
+                if not host:
+                    return NoFailure(index)
+                is_name = False
+                user = found[reading.user] or None if reading.user >= 0 else None
+            else:
+                named = _named(matched, prefix)
+                if named is None:
+                    return NoFailure(index)
+                host, is_name, user = named
+            if date is not None:
+                when = date[1].read(date[0], now)
             return Failure(host, is_name, user, when, index)
         return MISSED
+
+
+def _named(matched: re.Match[str], prefix: re.Match[str] | None,
+           ) -> tuple[str, bool, str | None] | None:
+    """A failregex match read by group names, the prefregex's fields beneath the failregex's:
+    the failure's host, whether it is a name, its user; None if it is no failure."""
+    fields: dict[str, str | None] = {}
+    if prefix is not None:
+        fields = prefix.groupdict()
+        fields.pop("content", None)
+    groups = {**fields, **{k: v for k, v in matched.groupdict().items()
+                           if v is not None or k not in fields}}
+    if groups.get("nofail"):
+        return None
+    host, is_name = _host(groups)
+    if host is None:
+        return None
+    return host, is_name, groups.get("user") or _alternative(groups, "alt_user")
 
 
 def _first(regexes: tuple[re.Pattern[str], ...], buffer: str) -> int | None:
