@@ -80,10 +80,11 @@ class Bench:
     """--no-journal: the udp, tcp, latency and burst phases run without the journal."""
 
     def start(self, maxretry: int, journal: Path | None = None, *,
-              durable: bool = False, jails: str | None = None) -> None:
+              durable: bool = False, jails: str | None = None, extra: str = "") -> None:
         """A daemon with a fresh journal (or the one given, e.g. to time its replay); none with
         --no-journal unless `durable` (RELP's figures are with durability). `jails`: TOML
-        `[jails.NAME]` sections instead of the single `[jail]`."""
+        `[jails.NAME]` sections instead of the single `[jail]`; `extra`: more TOML sections
+        (e.g. `[control]`)."""
         self.starts = getattr(self, "starts", 0) + 1
         path: Path | str = journal or self.tmp / f"journal-{self.starts}.db"
         if self.no_journal and not durable:
@@ -101,7 +102,7 @@ path = "{path}"
 max_tracked = 1000000
 [log]
 format = "json"
-""")
+{extra}""")
         self.log = self.tmp / f"bansink-{maxretry}.log"
         self.proc = proc = subprocess.Popen(
             ["ip", "netns", "exec", self.ns, str(BIN / "bansink"), "run", "--config", str(config)],
@@ -115,13 +116,16 @@ format = "json"
     def _jail(maxretry: int) -> str:
         return f'[jail]\nmaxretry = {maxretry}\nfindtime = "1h"\nbantime = "1h"\n'
 
-    def stop(self) -> None:
+    def stop(self, keep_table: bool = False) -> None:
+        """SIGTERM the daemon; then delete its nft table unless `keep_table` (a restart that
+        finds its bans still in the kernel)."""
         if self.proc is not None:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(30)
             self.proc = None
-        subprocess.run(["ip", "netns", "exec", self.ns, "nft", "delete", "table", "inet",
-                        "bansink"], check=False, capture_output=True)
+        if not keep_table:
+            subprocess.run(["ip", "netns", "exec", self.ns, "nft", "delete", "table", "inet",
+                            "bansink"], check=False, capture_output=True)
 
     def close(self) -> None:
         self.stop()
