@@ -25,7 +25,7 @@ from __future__ import annotations
 import calendar
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
@@ -129,6 +129,12 @@ class DateTemplate:
     line_begin: bool
     group: int = 1
     """The group holding the number (epoch forms inside a pattern use group 2)."""
+    search: Callable[[str], re.Match[str] | None] = field(init=False, repr=False,
+                                                         compare=False)
+    """`regex.search`, bound once (find_date runs it for every line)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "search", self.regex.search)
 
     def read(self, match: re.Match[str], now: float) -> float | None:
         """The match's time, seconds since the epoch (None if it is no valid date)."""
@@ -273,7 +279,7 @@ def find_date(line: str, found: tuple[DateTemplate, ...]) -> tuple[re.Match[str]
     matches earliest."""
     best: tuple[re.Match[str], DateTemplate] | None = None
     for one in found:
-        match = one.regex.search(line)
+        match = one.search(line)
         if match is None:
             continue
         if one.line_begin or match.start(1) <= 1:
