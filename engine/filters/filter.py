@@ -146,6 +146,15 @@ class Filter:
         start, end = found[0].span(1)
         return self._match(line[:start] + line[end:] + "\n", None, found, now)
 
+    def match_untimed(self, line: str) -> LineResult:
+        """As `match`, the date cut out, but not read: a failure's time is None (the daemon
+        counts a failure at its arrival; reading the date was 0.8 us a failure)."""
+        found = find_date(line, self.dates) if self.dates else None
+        if found is None:
+            return self._match(line + "\n", None, None, 0.0)
+        start, end = found[0].span(1)
+        return self._match(line[:start] + line[end:] + "\n", None, None, 0.0)
+
     def match_text(self, text: str, when: float | None = None) -> LineResult:
         """Match a line whose date is already cut out; `when` is its time, if known."""
         return self._match(text + "\n", when, None, 0.0)

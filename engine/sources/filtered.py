@@ -59,10 +59,9 @@ class FilterSource:
         if not self._dated:
             result = flt.match_text(syslog_line(message))
         elif self.line == "message":
-            result = flt.match(message.msg, message.received_at)
+            result = flt.match_untimed(message.msg)
         else:
-            result = flt.match(f"{message.timestamp or ''}{syslog_line(message)}",
-                               message.received_at)
+            result = flt.match_untimed(f"{message.timestamp or ''}{syslog_line(message)}")
         if type(result) is not Failure:
             return NOT_MATCHED
         return SecurityEvent(EventKind.LOGIN_FAILED, self.name, (result.host,), result.user,
