@@ -95,18 +95,24 @@ class Routes:
                       else None, source) for source in sources)
 
     def __call__(self, tag: str | None, headed: bool) -> tuple[Route, ...]:
-        """The sources for a line with this tag; `headed`: the line has a syslog header (a
-        line without one is an application's own file: every source that reads the message
-        text alone, and those without tags)."""
+        """The sources for a line with this tag, those of the tag first and then those of
+        every tag, as the pipeline tries them; `headed`: the line has a syslog header (a line
+        without one is an application's own file: every source that reads the message text
+        alone, and those without tags, in the given order)."""
         if not self.routed:
             return self._all
         key = tag if headed else "\0"
         chosen = self._cache.get(key)
         if chosen is None:
-            chosen = self._cache[key] = self._routes(
-                source for source in self.sources
-                if (tags := tags_of(source)) is None
-                or (tag in tags if headed else getattr(source, "line", "") == "message"))
+            every = [source for source in self.sources if tags_of(source) is None]
+            if headed:  # as the pipeline: those of the tag first, then those of every tag
+                chosen = self._routes([*(source for source in self.sources
+                                         if tag in (tags_of(source) or ())), *every])
+            else:
+                chosen = self._routes(source for source in self.sources
+                                      if tags_of(source) is None
+                                      or getattr(source, "line", "") == "message")
+            self._cache[key] = chosen
         return chosen
 
 

@@ -140,7 +140,11 @@ class DateTemplate:
         """The match's time, seconds since the epoch (None if it is no valid date)."""
         try:
             if self.kind == "pattern":
-                return _pattern_time(self.regex, match.groups(), now)
+                groups = match.groups()
+                try:
+                    return _TIMES[(self.regex.pattern, groups, now)]
+                except KeyError:
+                    return _pattern_time(self.regex, groups, now)
             if self.kind == "tai64n":
                 return float(int(match.group(1)[2:17], 16))
             if self.kind == "none":
