@@ -248,3 +248,28 @@ def test_the_remembered_times_are_bounded():
         match, template = find_date(line, found)
         assert template.read(match, NOW + second) is not None
     assert len(dates._TIMES) <= dates._TIMES_KEPT
+
+
+@pytest.mark.parametrize("pattern, spanned", [
+    ("%d/%b/%Y %H:%M:%S", True),
+    ("{^LN-BEG}%Y-%m-%d %H:%M:%S.%f %z", True),
+    ("^%Y-%m-%d %H:%M:%S$", True),
+    (None, True),
+    ("(?<=\\[)%H:%M:%S", False),
+    ("%H:%M:%S\\b", False),
+    ("[^x]%H:%M:%S", False),
+    ("EPOCH", False),
+])
+def test_a_time_is_remembered_by_its_text_only_where_nothing_in_the_date_reads_around_it(
+        pattern, spanned):
+    assert all(one.spanned is spanned for one in templates(pattern) if one.kind == "pattern")
+
+
+def test_the_same_date_text_read_two_ways_is_remembered_by_its_groups():
+    # a lookahead inside the date: "05" is the hour before an "h", the minute otherwise
+    (template,) = templates("{UNB}(?:%H(?=h)|%M)")
+    assert not template.spanned
+    hour, _ = find_date("05h", (template,))
+    minute, _ = find_date("05x", (template,))
+    assert hour.group() == minute.group() == "05"
+    assert template.read(hour, NOW) - template.read(minute, NOW) == 5 * 3600 - 5 * 60
