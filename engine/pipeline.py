@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 from bansink.receiver.syslog import SyslogMessage
 
-from .addresses import IPAddress, NetworkSet
+from .addresses import IPAddress, NetworkSet, parse_address
 from .decisions import Ban
 from .events import NOT_MATCHED, MalformedEvent, NotMatched, SecurityEvent
 from .jail import Jail, JailSettings
@@ -174,12 +174,16 @@ class SecurityPipeline:
                 continue
             if not isinstance(result, SecurityEvent):
                 return result
-            ip = resolve_client(result.client_chain, self.protections.trusted_proxies)
+            chain = result.client_chain
+            # one hop (every filter source): resolve_client's answer, without its loop
+            ip = parse_address(chain[0].strip()) if len(chain) == 1 else \
+                resolve_client(chain, self.protections.trusted_proxies)
             if ip is None:
                 return Ignored("unresolvable", result)
-            reason = self.protections.reason(ip)
-            if reason is not None:
-                return Ignored(reason, result)
+            if ip in self.protections.any:
+                reason = self.protections.reason(ip)
+                if reason is not None:
+                    return Ignored(reason, result)
             if others:
                 return self._every_jail(ip, now, result, (jail, *others))
             if jail.ignoreip is not None and ip in jail.ignoreip:

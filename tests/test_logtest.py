@@ -3,6 +3,7 @@ times, run as the real command."""
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -93,3 +94,24 @@ def test_a_file_read_on_several_processes_gives_what_one_process_gives(monkeypat
     assert len(lines) > 3 * 50 and alone == shared
     assert (one.lines, one.matched, one.missed, one.hosts, one.missed_lines) == \
         (two.lines, two.matched, two.missed, two.hosts, two.missed_lines)
+
+
+def test_a_line_goes_to_the_sources_of_its_tag_before_those_of_every_tag():
+    sources = builtin_filter_sources()
+    routes = logtest.Routes(list(sources.values()), routed=True)
+    # kerio reads every tag and sorts first by name, but the pipeline asks it after roundcube
+    assert [name for name, _, _ in routes("roundcube", True)] == ["roundcube", "kerio"]
+    assert [name for name, _, _ in routes("cron", True)] == ["kerio"]
+    assert [name for name, _, _ in routes(None, False)] == ["james", "kerio", "kopano"]
+    named = logtest.Routes([sources["sogo"], sources["kerio"]], routed=False)
+    assert [name for name, _, _ in named("roundcube", True)] == ["sogo", "kerio"]
+
+
+def test_the_cycle_collector_runs_again_after_a_scan(monkeypatch):
+    monkeypatch.setattr(logtest, "CHUNK", 50)
+    sources = list(builtin_filter_sources().values())
+    for jobs in (1, 2):
+        assert gc.isenabled()
+        logtest.scan_file(sample_lines() * 2, sources, 1124013600.0, logtest.Tally(),
+                          routed=True, jobs=jobs)
+        assert gc.isenabled()

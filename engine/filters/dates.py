@@ -25,7 +25,7 @@ from __future__ import annotations
 import calendar
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
@@ -88,6 +88,11 @@ _WILD_BOUNDS = re.compile(r"^\(*(?:\(\?\w+\))?\(*\*\*|(?<!\\)\*\*\)*$")
 _CAPTURE = re.compile(r"(?<!\(\?)(?<!\\)\((?!\?)")
 _WRAP = re.compile(r"^((?:\(\?\w+\))?\^?(?:\(\?\w+\))?)(.*?)(\$?)$", re.DOTALL)
 _GLOBAL_FLAGS = re.compile(r"((?:^|(?!<\\))\(\?[a-z]+\))")
+_ASSERTION = re.compile(r"\(\?(?:[=!(]|<[=!])|\\[bBAZ]|[\^$]")
+"""What may make a date's groups depend on the text around it (or is not known not to: a
+negated class and an escaped dollar count too)."""
+_LEADING_CARET = re.compile(r"^\^")
+_TRAILING_DOLLAR = re.compile(r"(?<!\\)\$$")
 _LINE_BEGIN = re.compile(r"^(?:\(\?\w+\))?(?:\^|\((?:\?:)?\^(?!\|))")
 
 _DATE_SLOT = re.compile(r"(?<!\\)\{DATE\}", re.IGNORECASE)
@@ -129,12 +134,27 @@ class DateTemplate:
     line_begin: bool
     group: int = 1
     """The group holding the number (epoch forms inside a pattern use group 2)."""
+    spanned: bool = False
+    """The match's groups follow from the matched text alone: no assertion (lookaround, \\b,
+    ^, $) inside the date that could read the text around it and make the same text match in
+    another way. Then the matched text is a sufficient key for the time."""
+    search: Callable[[str], re.Match[str] | None] = field(init=False, repr=False,
+                                                         compare=False)
+    """`regex.search`, bound once (find_date runs it for every line)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "search", self.regex.search)
 
     def read(self, match: re.Match[str], now: float) -> float | None:
         """The match's time, seconds since the epoch (None if it is no valid date)."""
         try:
             if self.kind == "pattern":
-                return _pattern_time(self.regex, match.groups(), now)
+                key = (self.regex.pattern, match.group() if self.spanned else match.groups(),
+                       now)
+                try:
+                    return _TIMES[key]
+                except KeyError:
+                    return _pattern_time(self.regex, match.groups(), now, key)
             if self.kind == "tai64n":
                 return float(int(match.group(1)[2:17], 16))
             if self.kind == "none":
@@ -156,6 +176,9 @@ def _bounded(regex: str, name: str, kind: str, *, word_begin: bool | str = True,
     flags = _GLOBAL_FLAGS.search(regex)
     if flags:
         regex = _GLOBAL_FLAGS.sub("", regex, count=1)
+    body = _LEADING_CARET.sub("", _TRAILING_DOLLAR.sub("", regex.replace("**", ""), count=1),
+                              count=1)
+    spanned = kind == "pattern" and not _ASSERTION.search(body)
     begin = bool(word_begin) and not _NO_BOUND_BEGIN.search(regex)
     end = word_end and not _NO_BOUND_END.search(regex)
     if not _CAPTURE.search(regex):
@@ -174,7 +197,7 @@ def _bounded(regex: str, name: str, kind: str, *, word_begin: bool | str = True,
     if flags:
         regex = flags.group(1) + regex
     try:
-        return DateTemplate(name, re.compile(regex), kind, line_begin, group)
+        return DateTemplate(name, re.compile(regex), kind, line_begin, group, spanned)
     except re.error as exc:
         raise DatePatternError(f"datepattern {name!r}: {exc}") from None
 
@@ -273,7 +296,7 @@ def find_date(line: str, found: tuple[DateTemplate, ...]) -> tuple[re.Match[str]
     matches earliest."""
     best: tuple[re.Match[str], DateTemplate] | None = None
     for one in found:
-        match = one.regex.search(line)
+        match = one.search(line)
         if match is None:
             continue
         if one.line_begin or match.start(1) <= 1:
@@ -301,23 +324,18 @@ def _zone_minutes(zone: str) -> int | None:
     return int(base * 60) + offset
 
 
-_TIMES: dict[tuple[str, tuple[str | None, ...], float], float | None] = {}
-"""Times already read, by (template regex, its groups, now): a log's lines share their seconds
-(measured: 7 us a line without it, most of a matched line's cost)."""
+_TIMES: dict[tuple[str, str | tuple[str | None, ...], float], float | None] = {}
+"""Times already read, by (template regex, the matched text or its groups, now): a log's lines
+share their seconds (measured: 7 us a line without it, most of a matched line's cost)."""
 _TIMES_KEPT = 4096
 
 
-def _pattern_time(regex: re.Pattern[str], groups: tuple[str | None, ...],
-                  now: float) -> float | None:
-    """_from_groups, remembered. Keyed by the regex's text (which fixes its group names) and
-    the match's groups: the same key is the same groupdict. A time without a zone is local
-    time: whoever changes the process's zone (TZ and tzset, as the tests do) calls
-    zone_changed()."""
-    key = (regex.pattern, groups, now)
-    try:
-        return _TIMES[key]
-    except KeyError:
-        pass
+def _pattern_time(regex: re.Pattern[str], groups: tuple[str | None, ...], now: float,
+                  key: tuple[str, str | tuple[str | None, ...], float]) -> float | None:
+    """_from_groups, remembered under `key` (see DateTemplate.read: the regex's text fixes its
+    group names; with the match's groups, or its text when that fixes them, it fixes the
+    groupdict). A time without a zone is local time: whoever changes the process's zone (TZ
+    and tzset, as the tests do) calls zone_changed()."""
     names = regex.groupindex
     moment = _from_groups({name: groups[number - 1] for name, number in names.items()}, now)
     if len(_TIMES) >= _TIMES_KEPT:

@@ -16,7 +16,7 @@ event carries it, and the pipeline ignores it as unresolvable.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from bansink.receiver.syslog import SyslogMessage
@@ -31,11 +31,12 @@ _DATES_CUT_FIRST = (None, "{^LN-BEG}")
 
 def syslog_line(message: SyslogMessage) -> str:
     """The file line's text after its date: ` HOST TAG[PID]: MSG`."""
-    tag = message.app_name or ""
-    if tag and message.procid:
-        tag = f"{tag}[{message.procid}]"
-    parts = [part for part in (message.hostname, f"{tag}:" if tag else None) if part]
-    return " " + " ".join([*parts, message.msg])
+    host, tag, msg = message.hostname, message.app_name, message.msg
+    if tag:
+        if message.procid:
+            tag = f"{tag}[{message.procid}]"
+        return f" {host} {tag}: {msg}" if host else f" {tag}: {msg}"
+    return f" {host} {msg}" if host else f" {msg}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,17 +46,23 @@ class FilterSource:
     line: LineForm = "syslog"
     tags: frozenset[str] | None = None
     """The syslog APP-NAMEs (RFC 3164 tags) whose messages this source reads; None: all."""
+    _dated: bool = field(init=False, repr=False, compare=False)
+    """The filter must find the date itself: a message-form line, or a syslog line whose date
+    the filter's datepattern may not find at its start."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_dated", self.line == "message"
+                           or self.filter.datepattern not in _DATES_CUT_FIRST)
 
     def __call__(self, message: SyslogMessage) -> SecurityEvent | NotMatched:
         flt = self.filter
-        if self.line == "message":
-            result = flt.match(message.msg, message.received_at)
-        elif flt.datepattern in _DATES_CUT_FIRST:
+        if not self._dated:
             result = flt.match_text(syslog_line(message))
+        elif self.line == "message":
+            result = flt.match_untimed(message.msg)
         else:
-            result = flt.match(f"{message.timestamp or ''}{syslog_line(message)}",
-                               message.received_at)
-        if not isinstance(result, Failure):
+            result = flt.match_untimed(f"{message.timestamp or ''}{syslog_line(message)}")
+        if type(result) is not Failure:
             return NOT_MATCHED
         return SecurityEvent(EventKind.LOGIN_FAILED, self.name, (result.host,), result.user,
                              None, None, message.peer, message.msg)

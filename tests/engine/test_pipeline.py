@@ -20,6 +20,7 @@ from bansink.engine.pipeline import (
     Protections,
     SecurityPipeline,
 )
+from bansink.engine.proxies import resolve_client
 from bansink.engine.sources import registry
 from bansink.engine.sources.roundcube import roundcube_event
 from bansink.receiver.syslog import SyslogMessage, parse_syslog
@@ -225,3 +226,30 @@ def test_a_jail_s_own_ignoreip_keeps_only_that_jail_from_counting():
     banned = handle(two, OTHER)
     assert isinstance(banned, Banned) and [b.jail for b in banned.bans] == ["all"]
     assert two.jails[0].tracked == 0
+
+
+@pytest.mark.parametrize("chain, reason", [
+    ((" 203.0.113.7 ",), None),
+    (("10.1.2.3",), "trusted_proxy"),
+    (("::ffff:192.0.2.9",), "sender"),
+    (("203.0.113.7:25",), "unresolvable"),
+    (("",), "unresolvable"),
+    (("203.0.113.8", "10.0.0.1"), None),
+    (("10.0.0.2", "10.0.0.1"), "trusted_proxy"),
+    (("UNKNOWN", "203.0.113.9"), None),
+])
+def test_a_client_chain_resolves_as_resolve_client_says_one_hop_or_many(chain, reason):
+    """The pipeline reads a one-hop chain (every filter source's) without resolve_client's
+    walk: the answer must be the walk's."""
+    def source(message: SyslogMessage) -> SecurityEvent:
+        return SecurityEvent(EventKind.LOGIN_FAILED, "test", chain, None, None, None,
+                             message.peer, message.msg)
+
+    p = SecurityPipeline([JailSpec(settings("mail", maxretry=5), ("chained",))], PROTECTIONS,
+                         sources={"chained": source})
+    outcome = handle(p, b"<38>Aug 22 10:00:00 h app: anything")
+    if reason is None:
+        expected = resolve_client(chain, PROTECTIONS.trusted_proxies)
+        assert isinstance(outcome, Counted) and outcome.ip == expected
+    else:
+        assert isinstance(outcome, Ignored) and outcome.reason == reason

@@ -3,14 +3,17 @@ what is refused, and the warnings an operator gets."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
+from bansink.engine.filters import dates
 from bansink.engine.filters.conf import parse_spec
 from bansink.engine.filters.dates import find_date, templates
 from bansink.engine.filters.filter import (
     Failure,
+    Filter,
     FilterError,
     Ignored,
     Missed,
@@ -19,6 +22,7 @@ from bansink.engine.filters.filter import (
     greedy_host,
     load_filter,
 )
+from bansink.engine.sources import builtin_filter_sources
 
 from filter_samples import local_zone
 
@@ -164,3 +168,108 @@ def test_the_date_is_cut_out_before_the_failregex_sees_the_line(tmp_path):
     flt = filter_from_file(path)
     found = flt.match("[17/Jun/2011 17:00:45] SMTP Spam attack detected from 192.0.2.3, x", NOW)
     assert isinstance(found, Failure) and found.host == "192.0.2.3"
+
+
+def _by_names(flt: Filter) -> Filter:
+    """The same filter made to read every failregex by group names (the general path)."""
+    slow = dataclasses.replace(flt)
+    object.__setattr__(slow, "_failing", tuple((index, search, None)
+                                               for index, search, _ in flt._failing))
+    return slow
+
+
+def _sample_lines() -> list[str]:
+    samples = Path(__file__).parents[1] / "sources" / "samples"
+    return [line for path in sorted(samples.glob("*.log"))
+            for line in path.read_text().splitlines() if line and not line.startswith("#")]
+
+
+@pytest.mark.parametrize("name", sorted(builtin_filter_sources()))
+def test_reading_a_failure_by_group_positions_gives_what_group_names_give(name):
+    """The common failregex shape (ADDR's groups, a user) is read without dictionaries: on
+    every sample line of every source, that gives the general reading's result."""
+    flt = builtin_filter_sources()[name].filter
+    assert all(reading is not None for _, _, reading in flt._failing)
+    slow = _by_names(flt)
+    for line in _sample_lines():
+        assert flt.match(line, NOW) == slow.match(line, NOW), line
+
+
+def test_a_field_of_the_prefregex_is_read_beneath_the_failregex_s(tmp_path):
+    path = write(tmp_path, "x.conf", "[Definition]\ndatepattern = {NONE}\n"
+                 "prefregex = ^(?:user <F-USER>\\S+</F-USER> )?<F-CONTENT>.+</F-CONTENT>$\n"
+                 "failregex = ^failed(?: as <F-USER>\\S+</F-USER>)? from <ADDR>$\n"
+                 "            ^refused <F-ALT_USER1>\\S+</F-ALT_USER1> from <ADDR>$\n")
+    flt = filter_from_file(path)
+    assert all(reading is None for _, _, reading in flt._failing)  # read by names
+    assert flt.match("user bob failed from 192.0.2.1", NOW).user == "bob"
+    assert flt.match("user bob failed as eve from 192.0.2.1", NOW).user == "eve"
+    assert flt.match("failed from 192.0.2.1", NOW).user is None
+    assert flt.match("refused carol from 192.0.2.1", NOW).user == "carol"
+    assert flt.match("user bob refused carol from 192.0.2.1", NOW).user == "bob"
+
+
+def test_an_empty_address_group_is_no_failure(tmp_path):
+    path = write(tmp_path, "x.conf", "[Definition]\ndatepattern = {NONE}\n"
+                 "failregex = ^failed for <F-USER>\\S*</F-USER> from (?:<ADDR>|-)$\n")
+    flt = filter_from_file(path)
+    assert flt._failing[0][2] is not None
+    assert isinstance(flt.match("failed for bob from -", NOW), NoFailure)
+    assert flt.match("failed for  from 192.0.2.1", NOW) == Failure("192.0.2.1", False, None,
+                                                                  None, 0)
+
+
+@pytest.mark.parametrize("line", [
+    "Aug 14 09:00:00 host app[12]: login failed for alice from 192.0.2.7",
+    "Aug 14 09:00:00 host app: probe from 192.0.2.8",
+    "login failed for alice from 192.0.2.7",
+])
+def test_a_line_matched_untimed_gives_the_timed_result_without_its_time(tmp_path, line):
+    write(tmp_path, "common.conf", COMMON)
+    write(tmp_path, "app.conf", APP)
+    flt = load_filter("app", [tmp_path])
+    timed = flt.match(line, NOW)
+    untimed = flt.match_untimed(line)
+    assert untimed == (timed._replace(time=None) if isinstance(timed, Failure) else timed)
+
+
+def test_a_remembered_time_follows_the_local_zone():
+    match, template = find_date("Aug 13 15:45:46 host x", templates(None))
+    in_utc = template.read(match, NOW)
+    with local_zone("CET-01CEST-02,M3.5.0,M10.5.0"):
+        assert template.read(match, NOW) == in_utc - 7200
+    assert template.read(match, NOW) == in_utc
+
+
+def test_the_remembered_times_are_bounded():
+    found = templates("%Y-%m-%d %H:%M:%S")
+    for second in range(dates._TIMES_KEPT + 10):
+        line = f"2005-08-13 {second // 3600 % 24:02d}:{second // 60 % 60:02d}:{second % 60:02d} x"
+        match, template = find_date(line, found)
+        assert template.read(match, NOW + second) is not None
+    assert len(dates._TIMES) <= dates._TIMES_KEPT
+
+
+@pytest.mark.parametrize("pattern, spanned", [
+    ("%d/%b/%Y %H:%M:%S", True),
+    ("{^LN-BEG}%Y-%m-%d %H:%M:%S.%f %z", True),
+    ("^%Y-%m-%d %H:%M:%S$", True),
+    (None, True),
+    ("(?<=\\[)%H:%M:%S", False),
+    ("%H:%M:%S\\b", False),
+    ("[^x]%H:%M:%S", False),
+    ("EPOCH", False),
+])
+def test_a_time_is_remembered_by_its_text_only_where_nothing_in_the_date_reads_around_it(
+        pattern, spanned):
+    assert all(one.spanned is spanned for one in templates(pattern) if one.kind == "pattern")
+
+
+def test_the_same_date_text_read_two_ways_is_remembered_by_its_groups():
+    # a lookahead inside the date: "05" is the hour before an "h", the minute otherwise
+    (template,) = templates("{UNB}(?:%H(?=h)|%M)")
+    assert not template.spanned
+    hour, _ = find_date("05h", (template,))
+    minute, _ = find_date("05x", (template,))
+    assert hour.group() == minute.group() == "05"
+    assert template.read(hour, NOW) - template.read(minute, NOW) == 5 * 3600 - 5 * 60

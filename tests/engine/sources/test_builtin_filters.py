@@ -4,6 +4,8 @@ lines included), read both as fail2ban reads a file and as the daemon reads a sy
 from __future__ import annotations
 
 import ipaddress
+import random
+import re
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,42 @@ def test_the_daemon_reads_a_syslog_sample_as_its_file_line(name):
                 str(expected["host"]))
         else:
             assert not isinstance(event, SecurityEvent), verdict.line.text
+
+
+def test_roundcube_s_text_without_from_reads_as_the_tempered_form_it_replaces():
+    """roundcube.conf spells "text without ' from '" as runs of non-spaces and spaces not
+    followed by "from " (twice as fast as a lookahead at every character): on lines made of
+    the grammar's pieces, each failregex captures what `(?:(?! from ).)*` would."""
+    flt = builtin_filter_sources()["roundcube"].filter
+    unrolled = {r"[^ \n]*?(?: (?!from )[^ \n]*?)*?": r"(?:(?! from ).)*?",
+                r"[^ \n]*(?: (?!from )[^ \n]*)*": r"(?:(?! from ).)*"}
+    tempered = []
+    for regex in flt.failregex:
+        pattern = regex.pattern
+        for new, old in unrolled.items():
+            pattern = pattern.replace(new, old)
+        assert "(?! from )." in pattern
+        tempered.append(re.compile(pattern))
+    rng = random.Random(7)
+    pieces = [" ", "from", " from ", "a", "\t", "(", ")", "192.0.2.7", " against imap", "\r",
+              "f", "rom", " fro", "m ", "\n", "é", ".", ": "]
+
+    def free() -> str:  # text in a place the client types
+        return "".join(rng.choice(pieces) for _ in range(rng.randrange(6)))
+
+    matched = 0
+    for _ in range(5000):
+        header = rng.choice(["", f" (X-Real-IP: {free()})", f"(X-Forwarded-For: {free()})"])
+        if rng.random() < 0.5:
+            text = (f"IMAP Error: Login failed for {free()}{rng.choice(['', ' against imap'])}"
+                    f" from 192.0.2.{rng.randrange(9)}{header}"
+                    f"{rng.choice(['', '. AUTHENTICATE PLAIN: ' + free(), '. LOGIN: '])}")
+        else:
+            text = (f"Failed login for {free()} from 2001:db8::{rng.randrange(9)}{header}"
+                    f" in session ab12{rng.choice(['', ' (error: -1)'])}")
+        text += "\n"
+        matched += any(regex.search(text) for regex in tempered)
+        for fast, slow in zip(flt.failregex, tempered, strict=True):
+            got, want = fast.search(text), slow.search(text)
+            assert (got and got.groups()) == (want and want.groups()), text
+    assert matched > 1000  # the lines exercise the regexes, not only their misses
