@@ -267,3 +267,21 @@ def make_certificates(d: Path, server_san: str) -> Path:
         openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
     return d
+
+
+UNIT = Path(__file__).parents[1] / "deploy" / "bansink.service"
+
+
+def unit_directives() -> dict[str, list[str]]:
+    """deploy/bansink.service's [Service] section: key -> its values in order (a key may be
+    given several times)."""
+    found: dict[str, list[str]] = {}
+    section = ""
+    for line in UNIT.read_text().splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]" and line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            found.setdefault(key, []).append(value)
+    return found

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from support import UNIT, unit_directives
+
 DEPLOY = Path(__file__).parent.parent / "deploy"
 
 
@@ -24,25 +26,11 @@ def test_rsyslog_accepts_the_snippet(snippet, tmp_path):
     assert "error" not in (result.stderr + result.stdout).lower()
 
 
-UNIT = DEPLOY / "bansink.service"
 EXPOSURE = 1.6  # `systemd-analyze security --offline=true deploy/bansink.service`, systemd 252
 
 
-def service_section() -> dict[str, list[str]]:
-    found: dict[str, list[str]] = {}
-    section = ""
-    for line in UNIT.read_text().splitlines():
-        line = line.strip()
-        if line.startswith("["):
-            section = line
-        elif section == "[Service]" and line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            found.setdefault(key, []).append(value)
-    return found
-
-
 def test_the_unit_runs_as_its_own_user_with_only_the_network_capabilities():
-    unit = service_section()
+    unit = unit_directives()
     assert unit["User"] == ["bansink"] and unit["Group"] == ["bansink"]
     assert "DynamicUser" not in unit
     caps = {"CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE"}

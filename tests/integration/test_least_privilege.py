@@ -22,9 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from support import BIN, Daemon, namespaces, wait_until
+from support import BIN, Daemon, namespaces, unit_directives, wait_until
 
-UNIT = Path(__file__).parents[2] / "deploy" / "bansink.service"
 PORT, RELP_PORT = 514, 20514  # 514: below 1024, so CAP_NET_BIND_SERVICE is used too
 PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
 MDWE = ("import ctypes, os, sys\n"
@@ -33,20 +32,6 @@ MDWE = ("import ctypes, os, sys\n"
         "    raise OSError(ctypes.get_errno(), 'PR_SET_MDWE')\n"
         "os.execvp(sys.argv[1], sys.argv[1:])\n")
 CAP_BITS = {"CAP_NET_BIND_SERVICE": 10, "CAP_NET_ADMIN": 12}
-
-
-def unit_directives() -> dict[str, list[str]]:
-    """The [Service] section: key -> its values in order (a key may be given several times)."""
-    found: dict[str, list[str]] = {}
-    section = ""
-    for line in UNIT.read_text().splitlines():
-        line = line.strip()
-        if line.startswith("["):
-            section = line
-        elif section == "[Service]" and line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            found.setdefault(key, []).append(value)
-    return found
 
 
 def unit_capabilities() -> list[str]:
