@@ -522,8 +522,11 @@ class NftablesSet:
     def set_of(self, jail: str, target: Target) -> str | None:
         """The set a ban of `jail` on `target` goes to (None: no such jail)."""
         scope = self.layout.scope(jail)
-        if scope is None:
-            return None
+        return None if scope is None else self._set_in(scope, target)
+
+    def _set_in(self, scope: JailScope, target: Target) -> str:
+        """The set of `scope` that holds `target`: its network or its address set, by IP
+        version."""
         names = (self.nets_of(scope) if isinstance(target, IPv4Network | IPv6Network)
                  else self.sets_of(scope))
         return names[target.version == 6]
@@ -561,9 +564,7 @@ class NftablesSet:
         lifted)."""
         by_set: dict[str, list[tuple[str | dict[str, Any], Ban | None]]] = {}
         for scope, target, ban in changes:
-            names = (self.nets_of(scope) if isinstance(target, IPv4Network | IPv6Network)
-                     else self.sets_of(scope))
-            by_set.setdefault(names[target.version == 6], []).append(
+            by_set.setdefault(self._set_in(scope, target), []).append(
                 (element_value(target), ban))
         commands: list[dict[str, Any]] = []
         for name, mine in by_set.items():

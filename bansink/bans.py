@@ -165,13 +165,10 @@ class BanBook:
     def manual_ban(self, target: Target, jail: str | None = None, duration: float | None = None,
                    note: str = "") -> Ban:
         name = jail or MANUAL_JAIL
-        settings = None
-        if name != MANUAL_JAIL:
-            found = self.pipeline.jail(name)
-            if found is None:
-                raise AdminError(f"no jail {name!r} (jails: "
-                                 f"{', '.join(j.settings.name for j in self.pipeline.jails)})")
-            settings = found.settings
+        found = None if name == MANUAL_JAIL else self.pipeline.jail(name)
+        if name != MANUAL_JAIL and found is None:
+            raise AdminError(f"no jail {name!r} (jails: "
+                             f"{', '.join(j.settings.name for j in self.pipeline.jails)})")
         if duration is not None and not 0 < duration <= MAX_DURATION:
             raise AdminError("a ban lasts more than 0 seconds and at most 365 days")
         for allowed in self.allowed:
@@ -182,15 +179,13 @@ class BanBook:
         if protection is not None:
             raise AdminError(f"{target} is protected ({protection}): bansink never bans it")
         bantime = duration if duration is not None else (
-            settings.bantime if settings is not None else math.inf)
+            found.settings.bantime if found is not None else math.inf)
         now = self._mono()
         ban = Ban(target=target, origin=Origin.MANUAL, jail=name, failures=0, bantime=bantime,
                   decided_at=now)
-        if not isinstance(target, IPv4Network | IPv6Network):
-            jails = self.pipeline.jails if name == MANUAL_JAIL else [self.pipeline.jail(name)]
-            for held in jails:
-                if held is not None:
-                    held.remember(target, now + bantime)
+        if not isinstance(target, IPv4Network | IPv6Network):  # the jails hold its failures
+            for held in self.pipeline.jails if found is None else (found,):
+                held.remember(target, now + bantime)
         return self.ban(ban, note=note)
 
     def _protection(self, target: Target) -> str | None:

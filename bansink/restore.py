@@ -12,6 +12,7 @@ from ipaddress import IPv4Network, IPv6Network
 
 import structlog
 
+from bansink.engine.addresses import parse_address
 from bansink.engine.decisions import MANUAL_JAIL, Ban, Origin
 from bansink.engine.escalation import BanRecord
 
@@ -53,10 +54,9 @@ async def restore_bans(book: BanBook, journal: JournalWriter, *, findtime: float
     jails = {jail.settings.name: jail for jail in book.pipeline.jails}
     for row in lifted:
         jail = jails.get(row.jail)
-        if jail is not None and row.lifted_at is not None and "/" not in row.target:
-            target = parse_target(row.target)
-            if not isinstance(target, IPv4Network | IPv6Network):
-                jail.remember(target, mono - (wall - row.lifted_at))
+        address = parse_address(row.target)  # None for a network: jails count addresses
+        if jail is not None and row.lifted_at is not None and address is not None:
+            jail.remember(address, mono - (wall - row.lifted_at))
     restored: list[Ban] = []
     gone: set[str] = set()
     for row in running:
