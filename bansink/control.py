@@ -132,7 +132,6 @@ class ControlServer:
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         pid, uid, gid = _peer(request)
-        request["uid"] = uid  # who asked, for the admin_* log lines
         if not _member(uid, gid, self.group):
             self.refused += 1
             log.warning("control_refused", pid=pid, uid=uid, gid=gid)
@@ -141,6 +140,8 @@ class ControlServer:
             return await handler(request)
         except AdminError as exc:
             return web.json_response({"error": str(exc)}, status=400)
+        except web.HTTPException as exc:  # too large, no such path, wrong method: JSON too
+            return web.json_response({"error": exc.text or exc.reason}, status=exc.status)
 
     async def _bans(self, request: web.Request) -> web.Response:
         return web.json_response({"bans": [b._asdict() for b in self.book.running()]})
@@ -174,14 +175,14 @@ class ControlServer:
         target = parse_target(_text(body, "target", True) or "")
         ban = self.book.manual_ban(target, _text(body, "jail"), _duration(body), _note(body))
         log.info("admin_ban", target=str(target), jail=ban.jail, bantime=ban.bantime,
-                 uid=request["uid"])
+                 uid=_peer(request)[1])
         return web.json_response({"banned": str(target), "jail": ban.jail,
                                   "for": None if ban.bantime == float("inf") else ban.bantime})
 
     async def _unban(self, request: web.Request) -> web.Response:
         target = parse_target(_text(await self._body(request), "target", True) or "")
         ended = self.book.unban(target)
-        log.info("admin_unban", target=str(target), bans=len(ended), uid=request["uid"])
+        log.info("admin_unban", target=str(target), bans=len(ended), uid=_peer(request)[1])
         return web.json_response({"unbanned": str(target),
                                   "jails": sorted({b.jail for b in ended})})
 
@@ -189,7 +190,7 @@ class ControlServer:
         body = await self._body(request)
         target = parse_target(_text(body, "target", True) or "")
         ended = self.book.allow(target, _duration(body), _note(body))
-        log.info("admin_allow", target=str(target), unbanned=len(ended), uid=request["uid"])
+        log.info("admin_allow", target=str(target), unbanned=len(ended), uid=_peer(request)[1])
         return web.json_response({"allowed": str(target),
                                   "unbanned": sorted({str(b.target) for b in ended})})
 
@@ -197,7 +198,7 @@ class ControlServer:
         target = parse_target(_text(await self._body(request), "target", True) or "")
         if not self.book.disallow(target):
             raise AdminError(f"no allow entry for {target}")
-        log.info("admin_disallow", target=str(target), uid=request["uid"])
+        log.info("admin_disallow", target=str(target), uid=_peer(request)[1])
         return web.json_response({"disallowed": str(target)})
 
     async def start(self) -> None:

@@ -65,11 +65,17 @@ def _left(seconds: int | None) -> str:
     return "".join(parts) or "0s"
 
 
+def printable(text: object) -> str:
+    """Text as it may reach a terminal: control characters (an escape sequence in a note)
+    shown escaped, not obeyed."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows,
-                                                                        strict=True)]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True))
-             .rstrip() for row in (header, *rows)]
+    cells = [[printable(cell) for cell in row] for row in (header, *rows)]
+    widths = [max(len(cell) for cell in column) for column in zip(*cells, strict=True)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+             .rstrip() for row in cells]
     return "\n".join(lines)
 
 
@@ -127,7 +133,8 @@ def _explain(answer: dict[str, Any]) -> str:
         out.append(f"  running: {b['target']} by jail {b['jail']} ({b['origin']}), "
                    f"{_left(b['left'])} left")
     if answer["protected_by"]:
-        out.append("  never banned: protected by " + "; ".join(answer["protected_by"]))
+        out.append("  never banned: protected by "
+                   + "; ".join(printable(p) for p in answer["protected_by"]))
     for name, jail in answer["failures_now"].items():
         out.append(f"  jail {name}: {jail['failures']} of maxretry {jail['maxretry']} failures "
                    f"within findtime {jail['findtime']:g}s")
@@ -140,7 +147,7 @@ def _explain(answer: dict[str, Any]) -> str:
         out.append(f"\nban #{ban['id']} of {ban['target']}: jail {ban['jail']}, {ban['origin']}, "
                    f"{ban['failures']} failures, {ban['started']} to "
                    f"{ban['ends'] or 'until unbanned'}{lifted}{step}"
-                   + (f", note: {ban['note']}" if ban["note"] else ""))
+                   + (f", note: {printable(ban['note'])}" if ban["note"] else ""))
         for m in ban["messages"]:
             out.append(f"  {m['time']} {m['source']} from {m['sender']} ({m['transport']}): "
                        f"{m['raw']!r}")
