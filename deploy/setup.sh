@@ -7,7 +7,8 @@ test "$(id -u)" = 0 || { echo "setup.sh: run as root (apt-get and nftables need 
 packages="nftables python3-nftables python3-venv python3-pip iproute2"
 extras=""
 if [ "${1:-}" = "--test" ]; then
-    packages="$packages rsyslog rsyslog-relp rsyslog-openssl bsdutils openssl"
+    # strace and systemd (systemd-analyze): the least-privilege tests check the unit with them
+    packages="$packages rsyslog rsyslog-relp rsyslog-openssl bsdutils openssl strace systemd"
     extras="[test]"
 fi
 missing=""
