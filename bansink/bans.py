@@ -29,10 +29,12 @@ from typing import NamedTuple
 
 import structlog
 
-from bansink.engine.addresses import IPAddress, NetworkSet
+from bansink.engine.addresses import IPAddress, IPNetwork, NetworkSet
 from bansink.engine.decisions import MANUAL_JAIL, Ban, Origin, Target
 from bansink.engine.escalation import BanRecord, ban_count, ban_time
+from bansink.engine.jail import Jail
 from bansink.engine.pipeline import SecurityPipeline
+from bansink.engine.prefixes import PrefixWatch, inside
 
 from .enforcer import Enforcer
 from .store import bans as store
@@ -116,6 +118,8 @@ class BanBook:
         """target -> its bans (wall clock) within `history`: the repeat offenders' record"""
         self.entries: dict[tuple[str, Target], Entry] = {}
         self.allowed: dict[Target, store.AllowRow] = {}
+        self.watches: dict[str, PrefixWatch] = {}
+        """jail -> its recent bans per wider prefix (`prefix.*`), for jails that escalate"""
 
     def _mono(self) -> float:
         return asyncio.get_running_loop().time()
@@ -140,8 +144,8 @@ class BanBook:
             longer = ban_time(escalation, ban.bantime, step)
             if longer != ban.bantime:
                 ban = dataclasses.replace(ban, bantime=longer, origin=Origin.ESCALATION)
-                if not isinstance(ban.target, IPv4Network | IPv6Network):
-                    jail.remember(ban.target, ban.decided_at + longer)
+                jail.remember(ban.target, ban.decided_at + longer)
+        wide = self._widened(jail, ban, wall) if jail is not None else None
         self.history.setdefault(ban.target, []).append(
             BanRecord(ban.jail, wall, wall + ban.bantime))
         left = ban.decided_at + ban.bantime - self._mono()
@@ -155,10 +159,65 @@ class BanBook:
 
         def write(db: sqlite3.Connection) -> None:
             entry.id = store.record_ban(db, record)
+            if wide is not None:  # replaced at once by the wider ban (never enforced)
+                store.lift(db, record.target, wall, "prefix", ban.jail)
 
         self.write(write)
-        self.enforcer.ban(ban)
-        return ban
+        if wide is None:
+            self.enforcer.ban(ban)
+            return ban
+        del self.entries[(ban.jail, ban.target)]
+        assert jail is not None
+        return self._ban_prefix(jail, wide, ban.decided_at, wall)
+
+    def _widened(self, jail: Jail, ban: Ban, wall: float
+                 ) -> tuple[IPNetwork, list[Target]] | None:
+        """The wider prefix this jail's ban completes (`prefix.count` bans inside it within
+        `prefix.window`), unless it holds something bansink never bans or is banned already."""
+        settings = jail.settings.prefix
+        if settings is None or ban.origin is Origin.MANUAL:
+            return None
+        watch = self.watches.get(jail.settings.name)
+        if watch is None or watch.settings != settings:
+            watch = self.watches[jail.settings.name] = PrefixWatch(settings)
+        widened = watch.banned(ban.target, wall)
+        if widened is None:
+            return None
+        wide = widened[0]
+        entry = self.entries.get((jail.settings.name, wide))
+        if entry is not None and entry.ends > ban.decided_at:
+            return None
+        protection = self._protection(wide, jail) or next(
+            (f"allow entry {allowed}" for allowed in self.allowed if _overlaps(allowed, wide)),
+            None)
+        if protection is not None:
+            log.info("prefix_ban_refused", network=str(wide), jail=jail.settings.name,
+                     protected=protection)
+            return None
+        return widened
+
+    def _ban_prefix(self, jail: Jail, widened: tuple[IPNetwork, list[Target]],
+                    decided_at: float, wall: float) -> Ban:
+        """Ban the wider prefix as one element, lifting first (in the same commit) the jail's
+        bans inside it, those running and those of this tick, so that an interval set never
+        holds overlapping elements."""
+        name, settings = jail.settings.name, jail.settings.prefix
+        assert settings is not None
+        wide, recent = widened
+        narrower = list(dict.fromkeys([*recent, *(
+            b.target for _, b in self.enforcer.running() if b.jail == name
+            and b.origin is not Origin.MANUAL and inside(b.target, wide))]))
+        for target in narrower:
+            self.enforcer.lift(target, name, "prefix")
+            self.entries.pop((name, target), None)
+        self.write(lambda db: [store.lift(db, str(t), wall, "prefix", name) for t in narrower])
+        jail.remember(wide, decided_at + jail.settings.bantime)
+        log.info("prefix_ban", network=str(wide), jail=name, bans=settings.count,
+                 window=settings.window, lifted=len(narrower))
+        return self.ban(Ban(target=wide, origin=Origin.ESCALATION, jail=name,
+                            failures=settings.count, bantime=jail.settings.bantime,
+                            decided_at=decided_at), started_at=wall,
+                        note=f"{settings.count} bans inside it within {settings.window:g}s")
 
     # -- the admin's actions -----------------------------------------------------------------
 
@@ -183,16 +242,18 @@ class BanBook:
         now = self._mono()
         ban = Ban(target=target, origin=Origin.MANUAL, jail=name, failures=0, bantime=bantime,
                   decided_at=now)
-        if not isinstance(target, IPv4Network | IPv6Network):  # the jails hold its failures
-            for held in self.pipeline.jails if found is None else (found,):
-                held.remember(target, now + bantime)
+        for held in self.pipeline.jails if found is None else (found,):  # they hold its failures
+            held.remember(target, now + bantime)
         return self.ban(ban, note=note)
 
-    def _protection(self, target: Target) -> str | None:
-        """Why the engine would never ban this target (a trusted proxy, ignoreip, a sender)."""
+    def _protection(self, target: Target, jail: Jail | None = None) -> str | None:
+        """Why the engine would never ban this target (a trusted proxy, ignoreip, a sender;
+        `jail`'s own ignoreip)."""
         p = self.pipeline.protections
         named = {"trusted_proxy": p.trusted_proxies, "ignoreip": p.ignoreip,
                  "sender": p.senders}
+        if jail is not None and jail.ignoreip is not None:
+            named[f"jails.{jail.settings.name}.ignoreip"] = jail.ignoreip
         for reason, nets in named.items():
             for net in nets.networks:
                 if _overlaps(net, target):
@@ -200,17 +261,27 @@ class BanBook:
         return None
 
     def unban(self, target: Target, reason: str = "unban") -> list[Ban]:
-        """End every ban of `target` now; the jails forget its failures. Returns the bans
-        that ended (none: it was not banned)."""
-        ended = self.enforcer.lift(target, None, reason)
+        """End every ban of `target` now, and of an address the bans of the IPv6 prefix the
+        jails count it by; the jails forget its failures. Returns the bans that ended (none: it
+        was not banned). Wider networks holding an address stay banned (`covering`)."""
+        targets = [target]
+        if not isinstance(target, IPv4Network | IPv6Network):
+            targets += [key for key in {jail.key_of(target) for jail in self.pipeline.jails}
+                        if key != target]
+        ended = [ban for t in targets for ban in self.enforcer.lift(t, None, reason)]
         for ban in ended:
             self.entries.pop((ban.jail, ban.target), None)
-        if not isinstance(target, IPv4Network | IPv6Network):
-            for jail in self.pipeline.jails:
-                jail.forget(target)
+        for jail in self.pipeline.jails:
+            jail.forget(target)
         at = self._clock()
-        self.write(lambda db: store.lift(db, str(target), at, reason))
+        self.write(lambda db: [store.lift(db, str(t), at, reason) for t in targets])
         return ended
+
+    def covering(self, target: Target) -> list[Ban]:
+        """Running bans of networks wider than `target` that hold it."""
+        return [ban for _, ban in self.enforcer.running() if ban.target != target
+                and isinstance(ban.target, IPv4Network | IPv6Network) and inside(target,
+                                                                                 ban.target)]
 
     def allow(self, target: Target, duration: float | None = None, note: str = "") -> list[Ban]:
         """Never count or ban `target` while the entry lasts; running bans of it (or of
@@ -223,10 +294,10 @@ class BanBook:
         self.allowed[target] = row
         self.apply_allowed()
         self.write(lambda db: store.put_allow(db, row))
-        inside = {ban.target for _, ban in self.enforcer.running() if ban.target == target or (
-            not isinstance(ban.target, IPv4Network | IPv6Network)
-            and covers(target, ban.target))}
-        return [ended for t in sorted(inside | {target}, key=str)
+        # every ban that would still block some of it: inside it, or a network holding it
+        overlapping = {ban.target for _, ban in self.enforcer.running()
+                       if _overlaps(ban.target, target)}
+        return [ended for t in sorted(overlapping | {target}, key=str)
                 for ended in self.unban(t, reason="allow")]
 
     def disallow(self, target: Target) -> bool:
@@ -245,6 +316,8 @@ class BanBook:
         now = self._mono()
         for key in [key for key, entry in self.entries.items() if entry.ends < now]:
             del self.entries[key]
+        for watch in self.watches.values():
+            watch.expire(self._clock())
         horizon = self._clock() - self.horizon
         for target in list(self.history):
             kept = [record for record in self.history[target] if record.end >= horizon]
@@ -252,6 +325,20 @@ class BanBook:
                 self.history[target] = kept
             else:
                 del self.history[target]
+
+    def recall_prefixes(self) -> None:
+        """At start: each jail's recent bans per wider prefix, from the history."""
+        self.watches.clear()
+        jails = {jail.settings.name: jail for jail in self.pipeline.jails
+                 if jail.settings.prefix is not None}
+        recent = sorted(((record.start, record.jail, target)
+                         for target, records in self.history.items() for record in records
+                         if record.jail in jails), key=lambda found: found[0])
+        for start, name, target in recent:
+            settings = jails[name].settings.prefix
+            assert settings is not None
+            if start > self._clock() - settings.window:
+                self.watches.setdefault(name, PrefixWatch(settings)).banned(target, start)
 
     def expire_allowed(self) -> None:
         """Timed allow entries that ran out end (housekeeping)."""
@@ -311,5 +398,7 @@ class BanBook:
 
 
 def _overlaps(a: Target, b: Target) -> bool:
-    na, nb = ip_network(a), ip_network(b)
-    return na.version == nb.version and na.overlaps(nb)
+    """Whether two targets share an address (CIDR networks either nest or are apart)."""
+    if isinstance(a, IPv4Network | IPv6Network):
+        return inside(b, a) or (isinstance(b, IPv4Network | IPv6Network) and inside(a, b))
+    return inside(a, b) if isinstance(b, IPv4Network | IPv6Network) else a == b

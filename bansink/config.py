@@ -32,6 +32,7 @@ from bansink.actions.nftjson import PortRange
 from bansink.actions.ratelimit import MAX_WINDOW, RateLimit
 from bansink.engine.decisions import MANUAL_JAIL
 from bansink.engine.escalation import EscalationSettings, parse_factor, parse_multipliers
+from bansink.engine.prefixes import PrefixSettings
 
 from .ports import parse_ports
 
@@ -304,6 +305,35 @@ class JailConfig(_Section):
     bantime_maxtime: BanTime | None = Field(None, alias="bantime.maxtime")
     bantime_rndtime: BanTime | None = Field(None, alias="bantime.rndtime")
     bantime_overalljails: bool = Field(False, alias="bantime.overalljails", strict=True)
+    ipv6_prefix: int = _count(64, 16, 128)
+    """IPv6 clients are counted and banned by this prefix: 64 (a host's usual share, RFC 6177)
+    or up to 128 (each address alone); engine/prefixes.py."""
+    # Several bans inside one wider prefix make it one ban (quoted in TOML: "prefix.count" = 5)
+    prefix_count: int = Field(0, alias="prefix.count", strict=True, ge=0, le=100_000)
+    """Bans of different addresses (IPv6: prefixes) inside one prefix.ipv4/prefix.ipv6 network
+    within prefix.window that ban the whole network; 0: off."""
+    prefix_window: FindTime | None = Field(None, alias="prefix.window")
+    """Within how long those bans count; unset: the jail's bantime."""
+    prefix_ipv4: int = Field(24, alias="prefix.ipv4", strict=True, ge=8, le=31)
+    prefix_ipv6: int = Field(48, alias="prefix.ipv6", strict=True, ge=16, le=127)
+
+    @property
+    def prefix(self) -> PrefixSettings | None:
+        """The `prefix.*` settings; None while prefix.count is 0."""
+        if not self.prefix_count:
+            return None
+        return PrefixSettings(self.prefix_count, self.prefix_window or self.bantime,
+                              self.prefix_ipv4, self.prefix_ipv6)
+
+    @model_validator(mode="after")
+    def _prefix_holds(self) -> JailConfig:
+        if self.prefix_count == 1:
+            raise ValueError("prefix.count: 1 would ban the network at the first ban; use 2 or "
+                             "more, or 0 for off")
+        if self.prefix_count and self.prefix_ipv6 >= self.ipv6_prefix:
+            raise ValueError(f"prefix.ipv6: {self.prefix_ipv6} must be wider (smaller) than "
+                             f"ipv6_prefix ({self.ipv6_prefix})")
+        return self
 
     @property
     def escalation(self) -> EscalationSettings | None:

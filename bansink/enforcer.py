@@ -109,8 +109,11 @@ class Enforcer:
     def lift(self, target: Target, jail: str | None, reason: str) -> list[Ban]:
         """End `jail`'s ban of `target` (None: every jail's) now; return the running bans
         that ended."""
-        ended = [ban for (j, t), (_, ban) in self._running.items()
-                 if t == target and (jail is None or j == jail)]
+        if jail is not None:
+            found = self._running.get((jail, target))
+            ended = [found[1]] if found is not None else []
+        else:
+            ended = [ban for (_, t), (_, ban) in self._running.items() if t == target]
         for ban in ended:
             key = _key(ban)
             del self._running[key]
@@ -151,18 +154,24 @@ class Enforcer:
         unlifted = (set(result.deletes) if isinstance(result, CommitResult) and not result.ok
                     else {item.target for item in batch} if isinstance(result, Exception)
                     else set())
+        added: set[_Key] = set()
         for b in batch:
             if isinstance(b, Lift):
                 if b.target in unlifted:
                     self._lift_retry.append(b)
                     continue
                 self.lifts += 1
+                # a ban of the same tick that this lift ended (a prefix ban replacing it)
+                for key in [k for k in added if k[1] == b.target and b.jail in (None, k[0])]:
+                    added.discard(key)
+                    self._running.pop(key, None)
                 log.info("unban", target=str(b.target), jail=b.jail, reason=b.reason)
                 continue
             key, target = _key(b), b.target
             if key in lost:
                 continue
             self._running[key] = (b.decided_at + b.bantime, b)
+            added.add(key)
             if key in self._restoring:
                 self._restoring.discard(key)
                 continue

@@ -29,8 +29,9 @@ def digest_of(message: SyslogMessage) -> bytes:
 
 def journal_row(message: SyslogMessage, transport: str, digest: bytes,
                 outcome: Counted | Banned) -> JournalRow:
-    """The row of a message that counted, with the address it counted for."""
-    address = outcome.ip if isinstance(outcome, Counted) else outcome.bans[0].target
+    """The row of a message that counted, with what it counted for: the address, or the IPv6
+    prefix its jail counts by (the key its ban's evidence is found by)."""
+    address = outcome.key if isinstance(outcome, Counted) else outcome.bans[0].target
     return JournalRow(message.received_at, transport, message.peer, message.raw, digest,
                       str(address), outcome.event.service)
 

@@ -15,12 +15,17 @@ from bansink.engine.jail import JailSettings
 from bansink.engine.pipeline import JailSpec, Protections, SecurityPipeline
 from bansink.engine.sources import Source, builtin_sources, filter_source
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, JailConfig
 
 log = structlog.get_logger("bansink")
 
 LEGACY_JAIL = "roundcube"
 """The name of `[jail]`, the single jail of older configs."""
+
+
+def settings_of(name: str, jail: JailConfig, config: Config) -> JailSettings:
+    return JailSettings(name, jail.maxretry, jail.findtime, jail.bantime,
+                        config.engine.max_tracked, jail.escalation, jail.ipv6_prefix, jail.prefix)
 
 
 def jails_and_sources(config: Config) -> tuple[list[JailSpec], dict[str, Source]]:
@@ -29,8 +34,7 @@ def jails_and_sources(config: Config) -> tuple[list[JailSpec], dict[str, Source]
     known = builtin_sources()
     if not config.jails:
         jc = config.jail
-        return [JailSpec(JailSettings(LEGACY_JAIL, jc.maxretry, jc.findtime, jc.bantime,
-                                      config.engine.max_tracked, jc.escalation),
+        return [JailSpec(settings_of(LEGACY_JAIL, jc, config),
                          ("roundcube-security_log",))], \
             dict(known)
     folders = [Path(folder) for folder in config.engine.filter_paths]
@@ -63,8 +67,7 @@ def jails_and_sources(config: Config) -> tuple[list[JailSpec], dict[str, Source]
             names.append(key)
         if names:
             specs.append(JailSpec(
-                JailSettings(name, jail.maxretry, jail.findtime, jail.bantime,
-                             config.engine.max_tracked, jail.escalation),
+                settings_of(name, jail, config),
                 tuple(dict.fromkeys(names)), tags,
                 NetworkSet(jail.ignoreip) if jail.ignoreip else None))
     if problems:

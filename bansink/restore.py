@@ -8,11 +8,9 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from ipaddress import IPv4Network, IPv6Network
 
 import structlog
 
-from bansink.engine.addresses import parse_address
 from bansink.engine.decisions import MANUAL_JAIL, Ban, Origin
 from bansink.engine.escalation import BanRecord
 
@@ -45,6 +43,7 @@ async def restore_bans(book: BanBook, journal: JournalWriter, *, findtime: float
                 row.lifted_at or (math.inf if row.ends_at is None else row.ends_at)))
         except AdminError:
             continue
+    book.recall_prefixes()
     for allow in allows:
         try:
             book.allowed[parse_target(allow.target)] = allow
@@ -54,9 +53,11 @@ async def restore_bans(book: BanBook, journal: JournalWriter, *, findtime: float
     jails = {jail.settings.name: jail for jail in book.pipeline.jails}
     for row in lifted:
         jail = jails.get(row.jail)
-        address = parse_address(row.target)  # None for a network: jails count addresses
-        if jail is not None and row.lifted_at is not None and address is not None:
-            jail.remember(address, mono - (wall - row.lifted_at))
+        if jail is not None and row.lifted_at is not None and row.lifted_by != "prefix":
+            try:
+                jail.remember(parse_target(row.target), mono - (wall - row.lifted_at))
+            except AdminError:
+                continue
     restored: list[Ban] = []
     gone: set[str] = set()
     for row in running:
@@ -76,10 +77,9 @@ async def restore_bans(book: BanBook, journal: JournalWriter, *, findtime: float
                             bantime=left, decided_at=mono))
         book.entries[(row.jail, target)] = Entry(row.started_at, mono + left, row.id, row.step,
                                                  row.note)
-        if not isinstance(target, IPv4Network | IPv6Network):
-            holders = jails.values() if row.jail == MANUAL_JAIL else [jails[row.jail]]
-            for jail in holders:
-                jail.remember(target, mono + left)
+        holders = jails.values() if row.jail == MANUAL_JAIL else [jails[row.jail]]
+        for jail in holders:
+            jail.remember(target, mono + left)
     if gone:
         kept = [*jails, MANUAL_JAIL]
         book.write(lambda db: store.lift_jails_except(db, kept, wall))

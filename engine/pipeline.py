@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address
 from typing import NamedTuple
 
 from bansink.receiver.syslog import SyslogMessage
 
 from .addresses import IPAddress, NetworkSet, parse_address
-from .decisions import Ban
+from .decisions import Ban, Target
 from .events import NOT_MATCHED, MalformedEvent, NotMatched, SecurityEvent
 from .jail import Jail, JailSettings
 from .proxies import resolve_client
@@ -72,7 +73,8 @@ class Banned(NamedTuple):
 
 
 class Counted(NamedTuple):
-    ip: IPAddress
+    key: Target
+    """What the failure counted for: the address, or the IPv6 prefix its jail counts by."""
     event: SecurityEvent
 
 
@@ -135,6 +137,7 @@ class SecurityPipeline:
             jail.settings = spec.settings
             jail.ignoreip = spec.ignoreip
             jail.trim()
+            self._protect(jail, protections)
             for name in spec.sources:
                 tags = spec.tags if spec.tags is not None else tags_of(sources[name])
                 if jail not in fed.setdefault((name, tags), []):
@@ -155,6 +158,14 @@ class SecurityPipeline:
         """The admin's allow entries, now (they outlive reconfigure)."""
         self._allowed = networks
         self.protections = replace(self.protections, allowed=networks)
+        for jail in self.jails:
+            self._protect(jail, self.protections)
+
+    @staticmethod
+    def _protect(jail: Jail, protections: Protections) -> None:
+        """No IPv6 prefix a jail bans may hold an address bansink protects."""
+        own = jail.ignoreip.networks if jail.ignoreip is not None else ()
+        jail.protect((*protections.any.networks, *own))
 
     def jail(self, name: str) -> Jail | None:
         for jail in self.jails:
@@ -188,9 +199,10 @@ class SecurityPipeline:
                 return self._every_jail(ip, now, result, (jail, *others))
             if jail.ignoreip is not None and ip in jail.ignoreip:
                 return Ignored("ignoreip", result)
-            ban = jail.observe(ip, now)
+            key = ip if type(ip) is IPv4Address else jail.key_of(ip)
+            ban = jail.observe(key, now)
             if ban is None:
-                return Counted(ip, result)
+                return Counted(key, result)
             return Banned((ban,), result)
         return NOT_MATCHED
 
@@ -199,17 +211,18 @@ class SecurityPipeline:
                     jails: tuple[Jail, ...]) -> Counted | Banned | Ignored:
         """The event in each jail its source feeds, except those whose ignoreip covers it."""
         bans: tuple[Ban, ...] = ()
-        counted = False
+        counted: Target | None = None
         for jail in jails:
             if jail.ignoreip is not None and ip in jail.ignoreip:
                 continue
-            counted = True
-            more = jail.observe(ip, now)
+            key = jail.key_of(ip)
+            counted = counted or key
+            more = jail.observe(key, now)
             if more is not None:
                 bans = (*bans, more)
         if bans:
             return Banned(bans, event)
-        return Counted(ip, event) if counted else Ignored("ignoreip", event)
+        return Counted(counted, event) if counted is not None else Ignored("ignoreip", event)
 
     @property
     def tracked(self) -> int:

@@ -9,7 +9,8 @@ A, B = ip_address("203.0.113.7"), ip_address("2001:db8::7")
 
 
 def jail(**kw) -> Jail:
-    return Jail(JailSettings(name="roundcube", **{"maxretry": 3, "findtime": 60, **kw}))
+    return Jail(JailSettings(name="roundcube",
+                             **{"maxretry": 3, "findtime": 60, "ipv6_prefix": 128, **kw}))
 
 
 def test_maxretry_failures_within_findtime_ban():

@@ -53,7 +53,7 @@ def handle(p: SecurityPipeline, raw: bytes, now: float = 0.0):
 def test_attacker_is_counted_then_banned():
     p = pipeline()
     first = handle(p, line("203.0.113.7"))
-    assert isinstance(first, Counted) and first.ip == ip_address("203.0.113.7")
+    assert isinstance(first, Counted) and first.key == ip_address("203.0.113.7")
     second = handle(p, line("203.0.113.7"), 1.0)
     assert isinstance(second, Banned)
     [ban] = second.bans
@@ -250,6 +250,6 @@ def test_a_client_chain_resolves_as_resolve_client_says_one_hop_or_many(chain, r
     outcome = handle(p, b"<38>Aug 22 10:00:00 h app: anything")
     if reason is None:
         expected = resolve_client(chain, PROTECTIONS.trusted_proxies)
-        assert isinstance(outcome, Counted) and outcome.ip == expected
+        assert isinstance(outcome, Counted) and outcome.key == expected
     else:
         assert isinstance(outcome, Ignored) and outcome.reason == reason
