@@ -183,8 +183,11 @@ class ControlServer:
         target = parse_target(_text(await self._body(request), "target", True) or "")
         ended = self.book.unban(target)
         log.info("admin_unban", target=str(target), bans=len(ended), uid=_peer(request)[1])
-        return web.json_response({"unbanned": str(target),
-                                  "jails": sorted({b.jail for b in ended})})
+        return web.json_response({
+            "unbanned": str(target), "jails": sorted({b.jail for b in ended}),
+            "lifted": sorted({str(b.target) for b in ended}),
+            "still_banned_by": sorted({f"{b.target} ({b.jail})"
+                                       for b in self.book.covering(target)})})
 
     async def _allow(self, request: web.Request) -> web.Response:
         body = await self._body(request)

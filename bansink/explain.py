@@ -97,13 +97,17 @@ async def explain(book: BanBook, journal: JournalWriter | None, text: str) -> di
         report["store"] = "none (journal.path is empty): no history or messages"
         return report
 
+    # what the failures counted for: the address, or the IPv6 prefix a jail counts it by
+    keys = list(dict.fromkeys([str(address),
+                               *(str(jail.key_of(address)) for jail in pipeline.jails)]))
+
     def read() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         db = journal.journal.db
         bans = []
         for row in store.history(db, _targets_holding(db, address), limit=50):
             bans.append({**_ban(row),
                          "messages": [_message(m) for m in store.evidence(db, row.id)]})
-        return bans, [_message(m) for m in store.messages_of(db, str(address), limit=200)]
+        return bans, [_message(m) for m in store.messages_of(db, keys, limit=200)]
 
     report["bans"], report["messages"] = await journal.run_blocking(read)
     return report

@@ -160,3 +160,94 @@ def test_targets_are_addresses_or_networks(text, want):
 def test_targets_that_are_refused(text):
     with pytest.raises(AdminError):
         parse_target(text)
+
+
+def prefix_scenario(jail: dict, steps, engine: dict | None = None):
+    """Like `scenario`, with `steps` a coroutine function; returns its result and the running
+    bans' targets once every commit is done."""
+    config = parse_config({"jail": {"maxretry": 1, "bantime": "1h", "findtime": "10m", **jail},
+                           "receiver": {"senders": ["192.0.2.2/32"]}, "engine": engine or {}})
+
+    async def main():
+        clock = Clock()
+        pipeline = build_pipeline(config)
+        enforcer = Enforcer(DryRunBackend(), 0.001)
+        book = BanBook(pipeline, enforcer, None, findtime=lambda jail: 600.0, clock=clock)
+
+        def fail(ip: str) -> list:
+            message = parse_syslog(line(ip), peer="192.0.2.2", received_at=clock.wall)
+            outcome = pipeline.handle(message, asyncio.get_running_loop().time())
+            decided = outcome.bans if isinstance(outcome, Banned) else ()
+            return [book.ban(ban) for ban in decided]
+
+        async def committed(count: int) -> None:
+            async with asyncio.timeout(5):
+                while len(list(enforcer.running())) != count:
+                    await asyncio.sleep(0.005)
+
+        result = await steps(book, fail, clock, committed)
+        await enforcer.close()
+        return result, sorted(str(ban.target) for _, ban in enforcer.running())
+
+    return asyncio.run(main())
+
+
+def test_n_bans_inside_a_24_become_one_prefix_element_in_the_same_commit():
+    async def steps(book, fail, clock, committed):
+        first = fail("203.0.113.1")
+        await committed(1)  # one committed before, two in the tick that widens
+        second, third = fail("203.0.113.2"), fail("203.0.113.3")
+        return first, second, third, fail("203.0.113.4")  # held by the prefix ban
+
+    (first, second, third, held), running = prefix_scenario({"prefix.count": 3}, steps)
+    assert [str(b.target) for b in first + second] == ["203.0.113.1", "203.0.113.2"]
+    (wide,) = third
+    assert (str(wide.target), wide.origin, wide.bantime) == ("203.0.113.0/24",
+                                                             Origin.ESCALATION, HOUR)
+    assert held == []
+    assert running == ["203.0.113.0/24"]
+
+
+def test_a_64_with_n_banned_addresses_becomes_one_prefix_element():
+    async def steps(book, fail, clock, committed):
+        for i in range(1, 4):
+            fail(f"2001:db8:7:1::{i}")
+        return None
+
+    settings = {"ipv6_prefix": 128, "prefix.count": 3, "prefix.ipv6": 64}
+    assert prefix_scenario(settings, steps)[1] == ["2001:db8:7:1::/64"]
+
+
+def test_ipv6_attackers_are_banned_by_their_64_and_unban_of_an_address_lifts_it():
+    async def steps(book, fail, clock, committed):
+        (ban,) = fail("2001:db8:7:1::1")
+        await committed(1)
+        ended = book.unban(ip_address("2001:db8:7:1::99"))  # the address the admin sees
+        return ban, ended
+
+    (ban, ended), running = prefix_scenario({}, steps)
+    assert str(ban.target) == "2001:db8:7:1::/64"
+    assert [str(b.target) for b in ended] == ["2001:db8:7:1::/64"] and running == []
+
+
+def test_a_prefix_holding_a_protected_address_is_never_banned():
+    async def steps(book, fail, clock, committed):
+        book.allow(ip_address("203.0.113.200"))
+        return [b for i in range(1, 6) for b in fail(f"203.0.113.{i}")] + fail("2001:db8:7::1")
+
+    _, running = prefix_scenario({"prefix.count": 3}, steps,
+                                 engine={"ignoreip": ["2001:db8:7::5"]})
+    # no /24 (an allow entry is inside it); the /64 holding an ignoreip is counted by address
+    assert running == ["2001:db8:7::1", *(f"203.0.113.{i}" for i in range(1, 6))]
+
+
+def test_allowing_an_address_lifts_the_prefix_ban_that_holds_it():
+    async def steps(book, fail, clock, committed):
+        for i in range(1, 4):
+            fail(f"203.0.113.{i}")
+        await committed(1)
+        ended = book.allow(ip_address("203.0.113.3"))
+        return ended
+
+    ended, running = prefix_scenario({"prefix.count": 3}, steps)
+    assert [str(b.target) for b in ended] == ["203.0.113.0/24"] and running == []

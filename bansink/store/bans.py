@@ -138,11 +138,14 @@ def evidence(db: sqlite3.Connection, ban_id: int) -> list[MessageRow]:
         "JOIN message m ON m.id = b.message_id WHERE b.ban_id = ? ORDER BY m.id", (ban_id,))]
 
 
-def messages_of(db: sqlite3.Connection, address: str, limit: int = 1000) -> list[MessageRow]:
-    """The latest messages that counted for `address`, oldest first."""
+def messages_of(db: sqlite3.Connection, keys: list[str], limit: int = 1000) -> list[MessageRow]:
+    """The latest messages that counted for any of `keys` (an address, the IPv6 prefix it is
+    counted by), oldest first."""
+    marks = ",".join("?" * len(keys))
     rows = db.execute(
-        "SELECT id, received_at, transport, peer, raw, service FROM message WHERE address = ? "
-        "ORDER BY received_at DESC, id DESC LIMIT ?", (address, limit)).fetchall()
+        f"SELECT id, received_at, transport, peer, raw, service FROM message "
+        f"WHERE address IN ({marks}) ORDER BY received_at DESC, id DESC LIMIT ?",
+        (*keys, limit)).fetchall()
     return [MessageRow(*row) for row in reversed(rows)]
 
 

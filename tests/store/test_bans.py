@@ -29,7 +29,7 @@ def test_a_ban_links_the_latest_messages_of_its_address_within_findtime(tmp_path
     assert linked == [b"a2", b"a3"]  # the `failures` latest, of that address only
     (running,) = bans.running(j.db, 1000)
     assert (running.target, running.failures, running.ends_at) == (A, 2, 4580.0)
-    assert [m.raw for m in bans.messages_of(j.db, A)] == [b"old", b"a1", b"a2", b"a3"]
+    assert [m.raw for m in bans.messages_of(j.db, [A])] == [b"old", b"a1", b"a2", b"a3"]
 
 
 def test_a_lift_ends_a_running_ban_and_it_is_no_longer_running(tmp_path):
@@ -60,10 +60,10 @@ def test_pruning_keeps_a_bans_messages_as_long_as_its_history(tmp_path):
     j.append([message(100, A, "evidence"), message(100, B, "other")],
              [lambda db: bans.record_ban(db, new)])
     j.prune(100 + 700)  # past retention: the other message goes, the evidence stays
-    assert [m.raw for m in bans.messages_of(j.db, A)] == [b"evidence"]
-    assert bans.messages_of(j.db, B) == []
+    assert [m.raw for m in bans.messages_of(j.db, [A])] == [b"evidence"]
+    assert bans.messages_of(j.db, [B]) == []
     j.prune(200 + 86400 + 1)  # the ban's history is over: it goes, and its evidence with it
-    assert bans.history(j.db, [A]) == [] and bans.messages_of(j.db, A) == []
+    assert bans.history(j.db, [A]) == [] and bans.messages_of(j.db, [A]) == []
 
 
 def test_a_version_1_journal_is_upgraded_in_place_and_keeps_its_rows(tmp_path):
