@@ -17,7 +17,9 @@ PROXY6, SENDER6 = "2001:db8:1::1", "2001:db8:1::2"
 PROXY4_ATK, PROXY6_ATK, CLIENT6 = "198.51.100.1", "2001:db8:2::1", "2001:db8:2::2"
 
 
-def config(bantime: str = "1h", maxretry: int = 3, findtime: str = "1m", extra: str = "") -> str:
+def config(bantime: str = "1h", maxretry: int = 3, findtime: str = "1m", extra: str = "",
+           jail: str = "") -> str:
+    """The lab's config; `jail`: more [jail] lines."""
     return extra + f"""
 [receiver]
 senders = ["{SENDER4}/32", "{SENDER6}/128"]
@@ -28,6 +30,7 @@ relp = ["0.0.0.0:{RELP_PORT}", "[::]:{RELP_PORT}"]
 maxretry = {maxretry}
 findtime = "{findtime}"
 bantime = "{bantime}"
+{jail}
 [log]
 format = "json"
 level = "debug"

@@ -101,7 +101,9 @@ def test_ipv6_client_and_ipv4_mapped_addresses(lab: Lab):
         lab.sender.run("logger", "-n", PROXY4, "-P", str(PORT), "--tcp", "--octet-count",
                        "-t", "roundcube", login_failed(client))
     wait_until(lambda: "203.0.113.9" in lab.proxy.set_elements("bansink", "ban4"), 10, "mapped")
-    assert set(lab.proxy.set_elements("bansink", "ban6")) == {CLIENT6}
+    # an IPv6 client is banned by its /64 (ipv6_prefix): its neighbour 2001:db8:2::1 too
+    assert set(lab.proxy.set_elements("bansink", "net6")) == {"2001:db8:2::/64"}
+    assert set(lab.proxy.set_elements("bansink", "ban6")) == set()
     assert not connects(lab.client, "2001:db8:2::1", PORT)
 
 
