@@ -484,20 +484,24 @@ class NftablesSet:
         found: dict[str, list[Target]] = {}
         with self._lock:
             for name, *_ in self._ban_sets():
-                rc, output, error = watcher.json_cmd(
-                    {"nftables": [{"list": {"set": self._ref(name=name)}}]})
-                if rc != 0:
-                    raise NftablesError(" ".join(str(error).split()))
-                listed = output
-                mine = found.setdefault(name, [])
-                for item in listed["nftables"]:
-                    for elem in item.get("set", {}).get("elem", []):
-                        body = elem.get("elem", {}) if isinstance(elem, dict) else {}
-                        if body.get("comment") == CANARY_COMMENT:
-                            continue
-                        target = parse_element(body.get("val", elem))
-                        if target is not None:
-                            mine.append(target)
+                found[name] = self._listed(watcher, name)
+        return found
+
+    def _listed(self, context: Any, name: str) -> list[Target]:
+        """The elements of one set (its canary left out)."""
+        rc, output, error = context.json_cmd(
+            {"nftables": [{"list": {"set": self._ref(name=name)}}]})
+        if rc != 0:
+            raise NftablesError(" ".join(str(error).split()))
+        found = []
+        for item in output["nftables"]:
+            for elem in item.get("set", {}).get("elem", []):
+                body = elem.get("elem", {}) if isinstance(elem, dict) else {}
+                if body.get("comment") == CANARY_COMMENT:
+                    continue
+                target = parse_element(body.get("val", elem))
+                if target is not None:
+                    found.append(target)
         return found
 
     def remove_strays(self, keep: set[tuple[str, Target]]) -> list[tuple[str, Target]]:
@@ -559,24 +563,36 @@ class NftablesSet:
 
     def _transaction(self, changes: Sequence[tuple[JailScope, Target, Ban | None]]
                      ) -> list[dict[str, Any]]:
-        """Per set: a placeholder for every element touched (so that the delete cannot fail on
-        an absent one), the delete, then the bans with their timeouts (none for a ban until
-        lifted)."""
-        by_set: dict[str, list[tuple[str | dict[str, Any], Ban | None]]] = {}
+        """Per set: the deletions, then the bans with their timeouts (none for a ban until
+        lifted). A ban is delete + add, so that a repeated ban gets its new timeout (kernels
+        before 6.12 ignore the timeout of a re-added element). In an address set a placeholder
+        comes first (a delete cannot fail on an absent element then); in an interval set
+        (networks) nft 1.0.6 refuses that sequence when a wider prefix replaces narrower ones
+        ("interval overlaps"), so only the elements listed there are deleted: those sets are
+        small."""
+        by_set: dict[str, list[tuple[Target, Ban | None]]] = {}
         for scope, target, ban in changes:
-            by_set.setdefault(self._set_in(scope, target), []).append(
-                (element_value(target), ban))
+            by_set.setdefault(self._set_in(scope, target), []).append((target, ban))
         commands: list[dict[str, Any]] = []
         for name, mine in by_set.items():
-            values = [value for value, _ in mine]
-            placeholder = [{"elem": {"val": v, "timeout": 1}} for v in values]
-            commands += [
-                {"add": {"element": self._ref(name=name, elem=placeholder)}},
-                {"delete": {"element": self._ref(name=name, elem=values)}},
-            ]
-            timed = [{"elem": {"val": value, "timeout": max(1, round(ban.bantime))}}
-                     if math.isfinite(ban.bantime) else value
-                     for value, ban in mine if ban is not None]
+            intervals = isinstance(mine[0][0], IPv4Network | IPv6Network)
+            present: set[Target] = set()
+            if intervals:
+                try:
+                    present = set(self._listed(self._watching(), name))
+                except NftablesError:
+                    pass  # no set (yet): nothing to delete; the commit re-creates the table
+            gone = [t for t, ban in mine if ban is None]
+            for targets in (gone, [t for t, ban in mine if ban is not None]):
+                values = [element_value(t) for t in targets if not intervals or t in present]
+                if values and not intervals:
+                    placeholder = [{"elem": {"val": v, "timeout": 1}} for v in values]
+                    commands.append({"add": {"element": self._ref(name=name, elem=placeholder)}})
+                if values:
+                    commands.append({"delete": {"element": self._ref(name=name, elem=values)}})
+            timed = [{"elem": {"val": element_value(t), "timeout": max(1, round(ban.bantime))}}
+                     if math.isfinite(ban.bantime) else element_value(t)
+                     for t, ban in mine if ban is not None]
             if timed:
                 commands.append({"add": {"element": self._ref(name=name, elem=timed)}})
         return commands

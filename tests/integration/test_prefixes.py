@@ -47,3 +47,13 @@ def test_by_default_an_ipv6_attacker_is_banned_by_its_64_and_unbanned_by_its_add
     answer = ask(lab, "unban", "2001:db8:2::b")
     assert answer["lifted"] == ["2001:db8:2::/64"]
     wait_until(lambda: banned(lab, "net6") == set(), 1, "the unban within 1 s")
+
+
+def test_two_banned_64s_become_their_48_in_one_interval_set(lab: Lab):
+    lab.start(maxretry=1, jail='"prefix.count" = 2')
+    fail(lab, "2001:db8:2:1::1", 1)
+    wait_until(lambda: banned(lab, "net6") == {"2001:db8:2:1::/64"}, 10, "the first /64")
+    fail(lab, "2001:db8:2:2::1", 1)  # its /64 is replaced by the /48 in the same commit
+    wait_until(lambda: banned(lab, "net6") == {"2001:db8:2::/48"}, 10, "the /48")
+    assert not connects(lab.client, CLIENT6, PROXY6_ATK, PORT)
+    assert not lab.daemon.lines("ban_failed")
