@@ -120,6 +120,10 @@ class BanBook:
         self.allowed: dict[Target, store.AllowRow] = {}
         self.watches: dict[str, PrefixWatch] = {}
         """jail -> its recent bans per wider prefix (`prefix.*`), for jails that escalate"""
+        self.on_ban: list[Callable[[Ban], None]] = []
+        """Told of each ban once it is recorded, as enforced (metrics, notifications). The
+        daemon adds them after start-up, so bans put back then (restored, replayed) are not
+        told. Each must be quick and must not raise: it runs inside the ban's path."""
 
     def _mono(self) -> float:
         return asyncio.get_running_loop().time()
@@ -165,6 +169,8 @@ class BanBook:
         self.write(write)
         if wide is None:
             self.enforcer.ban(ban)
+            for observer in self.on_ban:
+                observer(ban)
             return ban
         del self.entries[(ban.jail, ban.target)]
         assert jail is not None

@@ -13,6 +13,7 @@ import math
 import pwd
 import re
 import tomllib
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -464,6 +465,159 @@ class ControlConfig(_Section):
     """A group whose members may use the socket too (e.g. "bansink"); "" for root only."""
 
 
+_SENDER_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+MAX_SENDER_NAMES = 64
+
+
+class SenderName(_Section):
+    name: str
+    """The `sender` label's value: 1 to 32 of a-z, 0-9, _ and -, starting with a letter."""
+    networks: list[Network]
+
+    @field_validator("name")
+    @classmethod
+    def _is_a_label(cls, name: str) -> str:
+        if not _SENDER_NAME.fullmatch(name) or name == "other":
+            raise ValueError(f"{_shown(name)}: a sender name is 1 to 32 of a-z, 0-9, _ and -, "
+                             f"starting with a letter, and not 'other'")
+        return name
+
+
+class MetricsConfig(_Section):
+    senders: list[SenderName] = [SenderName(name="loopback",
+                                            networks=["127.0.0.0/8", "::1/128"])]
+    """Names for the syslog senders (`[[metrics.senders]]`, each a `name` and its `networks`),
+    for the `sender` label of `/metrics`. A message's sender is the first name whose networks
+    hold its peer, else "other": a label is a name from here, never an address, so the series
+    stay few. At most 64 names."""
+
+    @field_validator("senders")
+    @classmethod
+    def _few_names(cls, senders: list[SenderName]) -> list[SenderName]:
+        if len(senders) > MAX_SENDER_NAMES:
+            raise ValueError(f"at most {MAX_SENDER_NAMES} names")
+        names = [sender.name for sender in senders]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"a name given twice: {', '.join(twice)}")
+        return senders
+
+
+_HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,64}")
+_MAIL_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9.-]{1,253}")
+
+
+def _web_address(value: Any) -> str:
+    """An http(s) URL with a host, no spaces or control characters ("" allowed: none)."""
+    if not isinstance(value, str):
+        raise ValueError("expected an http:// or https:// URL")
+    if value == "":
+        return value
+    if len(value) > 2048 or re.search(r"[\x00-\x20\x7f]", value):
+        raise ValueError(f"{_shown(value)} is not a URL (no spaces or control characters, "
+                         f"at most 2048 characters)")
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError as exc:
+        raise ValueError(f"{_shown(value)} is not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{_shown(value)} is not an http:// or https:// URL with a host")
+    return value
+
+
+def _mail_address(value: Any) -> str:
+    """A bare address, local@domain: no display name, nothing a header could be split on."""
+    if not isinstance(value, str) or not _MAIL_ADDRESS.fullmatch(value):
+        raise ValueError(f"{_shown(value)} is not a mail address such as root@localhost")
+    return value
+
+
+WebAddress = Annotated[str, BeforeValidator(_web_address)]
+MailAddress = Annotated[str, BeforeValidator(_mail_address)]
+
+
+class WebhookConfig(_Section):
+    url: WebAddress = ""
+    """Where each notification is POSTed as JSON; "" for none."""
+    format: Literal["json", "ntfy", "gotify", "slack", "mattermost"] = "json"
+    """The body: bansink's own JSON (`json`), or what the named service reads: ntfy's JSON
+    publishing (POST to the server's root URL, with `topic`), Gotify's /message, Slack's and
+    Mattermost's incoming webhooks."""
+    topic: str = Field("", pattern=r"^[A-Za-z0-9_-]{0,64}$")
+    """ntfy's topic (required with format = "ntfy")."""
+    headers: list[str] = []
+    """Extra request headers, as curl's -H writes them: `["X-Gotify-Key: …"]` (Gotify's
+    application token), `["Authorization: Bearer …"]` (an ntfy access token)."""
+
+    @field_validator("headers")
+    @classmethod
+    def _headers_are_headers(cls, headers: list[str]) -> list[str]:
+        for index, header in enumerate(headers):
+            name, colon, value = header.partition(":")
+            if not colon or not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"[{index}] {_shown(header)} is not 'Name: value' (a name of "
+                                 f"A-Z, a-z, 0-9 and -)")
+            if len(value) > 4096 or re.search(r"[\x00-\x1f\x7f]", value):
+                raise ValueError(f"[{index}] {name}: a header value has no control characters "
+                                 f"(line breaks included) and at most 4096 characters")
+        return headers
+
+    @property
+    def header_map(self) -> dict[str, str]:
+        return {name: value.strip() for name, _, value in
+                (header.partition(":") for header in self.headers)}
+
+    @model_validator(mode="after")
+    def _ntfy_has_topic(self) -> WebhookConfig:
+        if self.url and self.format == "ntfy" and not self.topic:
+            raise ValueError("topic: required with format = \"ntfy\" (ntfy's JSON publishing "
+                             "names the topic in the body; url is the server's root)")
+        return self
+
+
+class MailConfig(_Section):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    to: list[MailAddress] = []
+    """Recipients; [] for no mail."""
+    sender: MailAddress = Field("root@localhost", alias="from")
+    """The From address (TOML key `from`)."""
+    transport: Literal["smtp", "sendmail"] = "smtp"
+    """`smtp`: SMTP to `smtp` (the local MTA on port 25: works from inside the systemd unit's
+    sandbox); `sendmail`: pipe into `sendmail -t -i` (Postfix's and Exim's need privileges the
+    unit's NoNewPrivileges= takes away; fine when bansink runs as root without the unit, or
+    with a sendmail such as msmtp's or nullmailer's)."""
+    smtp: Listen = ("127.0.0.1", 25)
+    """The MTA for transport = "smtp", plain SMTP without login (the local MTA)."""
+    sendmail: FileName = "/usr/sbin/sendmail"
+    subject_prefix: str = Field("[bansink]", max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")
+
+
+class NotifyConfig(_Section):
+    window: Annotated[float, _between(10 * SECOND, DAY)] = 900.0
+    """After a ban is sent at once, the bans of the next `window` go out as one digest (and so
+    on while bans keep coming; a window without a ban ends it): 10 seconds to 1 day."""
+    max_per_hour: int = _count(12, 1, 3600)
+    """Hard cap on messages in any hour (per channel, the immediate ones and the digests);
+    what it holds back is counted and reported in the next digest: 1 to 3600."""
+    top: int = _count(10, 1, 100)
+    """Addresses named in a digest, most banned first: 1 to 100."""
+    timeout: Annotated[float, _between(SECOND, 120 * SECOND)] = 10.0
+    """One attempt to deliver a message, at most: 1 second to 2 minutes."""
+    queue: int = _count(100, 1, 10_000)
+    """Messages waiting per channel; past that new ones are dropped (and counted): a failing
+    or hanging endpoint costs memory only up to this, and never slows a ban."""
+    link: WebAddress = ""
+    """The admin page's address, put in every message; "" for web.url when configured."""
+    webhook: WebhookConfig = WebhookConfig()
+    mail: MailConfig = MailConfig()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.webhook.url or self.mail.to)
+
+
 class LogConfig(_Section):
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -480,6 +634,8 @@ class Config(_Section):
     ratelimit: dict[str, RateLimitEntry] = {}
     journal: JournalConfig = JournalConfig()
     control: ControlConfig = ControlConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    notify: NotifyConfig = NotifyConfig()
     log: LogConfig = LogConfig()
 
     @model_validator(mode="after")

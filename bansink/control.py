@@ -14,6 +14,7 @@ Requests:
     POST /v1/unban     {"target": A|CIDR}
     POST /v1/allow     {"target": A|CIDR, "for"?: "30d", "note"?: text}
     POST /v1/disallow  {"target": A|CIDR}
+    GET  /metrics      Prometheus metrics (bansink/metrics.py)
 A refused request answers 400 with {"error": "…"}.
 """
 
@@ -35,6 +36,7 @@ from aiohttp import web
 from .bans import AdminError, BanBook, parse_target
 from .config import parse_duration
 from .explain import explain, history
+from .metrics import Metrics, add_routes
 from .store.writer import JournalWriter
 
 log = structlog.get_logger("bansink")
@@ -102,8 +104,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 class ControlServer:
     def __init__(self, book: BanBook, journal: JournalWriter | None, path: Path,
-                 group: str = "") -> None:
+                 group: str = "", metrics: Metrics | None = None) -> None:
         self.book, self.journal, self.path = book, journal, path
+        self.metrics = metrics
         self.group: grp.struct_group | None = None
         if group:
             try:
@@ -127,6 +130,8 @@ class ControlServer:
             web.post("/v1/allow", self._allow),
             web.post("/v1/disallow", self._disallow),
         ])
+        if self.metrics is not None:
+            add_routes(app, self.metrics)  # GET /metrics
         return app
 
     @web.middleware

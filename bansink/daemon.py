@@ -30,6 +30,8 @@ from .enforcer import Enforcer
 from .hub import Hub
 from .jails import build_pipeline, layout_of, reconfigure
 from .logs import Throttle
+from .metrics import Metrics
+from .notify import Notifier, page_link
 from .replay import replay_journal
 from .resends import ResendGuard
 from .restore import remove_strays, restore_bans
@@ -142,6 +144,10 @@ class Daemon:
         self.control: ControlServer | None = None
         self.hub: Hub | None = None
         self.listeners: list[Listener] = []
+        self.notifier: Notifier | None = None
+        if config.notify.enabled:
+            self.notifier = Notifier.from_config(config.notify, link=page_link(config))
+        self.metrics = Metrics(self)
         self._stopping = asyncio.Event()
         self._throttle = Throttle(60.0)
         self._layout_change: asyncio.Future[None] | None = None
@@ -166,10 +172,17 @@ class Daemon:
             await replay_journal(self.journal, hub, findtime=config.longest_findtime,
                                  relp_dedupe=config.journal.relp_dedupe)
             await remove_strays(self.book)
+        # from here on, bans are new: counted and told (not those restored or replayed above)
+        self.metrics.observe_bans()
+        await self.metrics.start()
+        if self.notifier is not None:
+            self.book.on_ban.append(self.notifier.on_ban)
+            await self.notifier.start()
         if config.control.socket:
             try:
                 self.control = ControlServer(self.book, self.journal,
-                                             Path(config.control.socket), config.control.group)
+                                             Path(config.control.socket), config.control.group,
+                                             metrics=self.metrics)
                 await self.control.start()
             except ControlError as exc:
                 raise ListenError(str(exc)) from None
@@ -298,6 +311,9 @@ class Daemon:
         for listener in self.listeners:
             await listener.stop()
         await self.enforcer.close()
+        await self.metrics.close()
+        if self.notifier is not None:
+            await self.notifier.close()
         if self.journal is not None:
             await self.journal.close()
         log.info("stopped", **self.stats())

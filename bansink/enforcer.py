@@ -71,6 +71,11 @@ class Enforcer:
         self._lift_retry: list[Lift] = []
         self._restore_again = False
         self._throttle = Throttle(60.0)
+        self.on_commit: Callable[[float], None] | None = None
+        """Told the seconds each ban/unban transaction took, on the thread that ran it."""
+        self.on_enforced: Callable[[Ban, float], None] | None = None
+        """Told of each new ban (not one put back) once its transaction is through, with
+        the seconds since it was decided (`Ban.decided_at`)."""
 
     async def run_blocking(self, fn: Callable[[], T]) -> T:
         """Blocking backend work on the commit thread, in order with the commits."""
@@ -132,12 +137,16 @@ class Enforcer:
         return set(self._running)
 
     def _commit(self, batch: list[Ban | Lift]) -> CommitResult:
+        started = time.perf_counter()
         for item in batch:
             if isinstance(item, Lift):
                 self.backend.delete(item.target, item.jail)
             else:
                 self.backend.add(item)
-        return self.backend.commit()
+        result = self.backend.commit()
+        if self.on_commit is not None:
+            self.on_commit(time.perf_counter() - started)
+        return result
 
     def _report(self, batch: list[Ban | Lift], result: CommitResult | Exception) -> None:
         now, wall = asyncio.get_running_loop().time(), time.time()
@@ -176,6 +185,8 @@ class Enforcer:
                 self._restoring.discard(key)
                 continue
             self.bans += 1
+            if self.on_enforced is not None:
+                self.on_enforced(b, now - b.decided_at)
             until = (datetime.fromtimestamp(wall + b.bantime, UTC).isoformat(timespec="seconds")
                      if math.isfinite(b.bantime) else "lifted")
             # `ip` for an address, as operators' searches and the tests read it; `target` always

@@ -109,6 +109,8 @@ class SecurityPipeline:
         self._sources = sources
         self.jails: tuple[Jail, ...] = ()
         self.counts: Counter[str] = Counter()
+        self.events: Counter[str] = Counter()
+        """Security events per source (the event's `service`: the source's name)."""
         self._allowed = protections.allowed
         self.reconfigure(jails, protections)
 
@@ -185,6 +187,7 @@ class SecurityPipeline:
                 continue
             if not isinstance(result, SecurityEvent):
                 return result
+            self.events[result.service] += 1
             chain = result.client_chain
             # one hop (every filter source): resolve_client's answer, without its loop
             ip = parse_address(chain[0].strip()) if len(chain) == 1 else \

@@ -57,6 +57,7 @@ class _RelpStream(AdmittedStream):
         assert peer is not None
         received_at = time.time()
         more = True
+        delivered = 0
         try:
             for _ in range(budget):
                 event = session.next_event()
@@ -64,6 +65,7 @@ class _RelpStream(AdmittedStream):
                     more = False
                     break
                 if type(event) is RelpSyslog:
+                    delivered += 1
                     message = parse_syslog(event.message, peer=peer, received_at=received_at)
                     lst.intake.on_reliable_message(message, lst.transport_name,
                                                    partial(self._durable, event.txnr),
@@ -78,6 +80,9 @@ class _RelpStream(AdmittedStream):
         except RelpProtocolError as exc:
             lst.drop("relp_framing_error", peer, detail=exc.reason)
             more = False
+        finally:
+            if delivered:
+                lst.received[peer] += delivered
         self._flush()
         if session.unanswered > MAX_UNANSWERED:
             self.pause("unanswered")
@@ -121,3 +126,8 @@ class _RelpStream(AdmittedStream):
 
 class RelpListener(StreamListener):
     stream = _RelpStream
+
+    def unanswered(self) -> int:
+        """Frames received and not answered yet (most wait for their journal commit), over
+        every open session."""
+        return sum(s.session.unanswered for s in self._open if isinstance(s, _RelpStream))

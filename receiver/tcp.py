@@ -61,6 +61,9 @@ class StreamListener:
         self.transport_name = transport_name
         self.ssl_context = ssl_context
         self.connections: Counter[str] = Counter()
+        self.received: Counter[str] = Counter()
+        """Messages delivered per sender address since the metrics last took them
+        (`take_received`), added once per pass over a connection's frames."""
         self._open: set[AdmittedStream] = set()
         self._server: asyncio.Server | None = None
         self.stopped = False
@@ -88,6 +91,12 @@ class StreamListener:
             stream.shutdown()
         if self._server is not None:
             await self._server.wait_closed()
+
+    def take_received(self) -> Counter[str]:
+        """The per-sender counts since the last call, and start again from zero."""
+        taken = self.received.copy()
+        self.received.clear()
+        return taken
 
     def drop(self, reason: str, peer: str, size: int = 0, detail: str = "") -> None:
         self.intake.on_drop(Dropped(reason, peer, self.transport_name, size, detail))
@@ -353,15 +362,21 @@ class _SyslogStream(AdmittedStream):
         received_at = time.time()
         name = lst.transport_name
         on_message = lst.intake.on_message
-        for _ in range(budget):
-            event = framer.next_event()
-            if type(event) is SyslogFrame:
-                on_message(parse_syslog(event.data, peer=peer, received_at=received_at), name)
-            elif type(event) is FrameDropped:
-                lst.drop(event.reason, peer, event.size)
-            elif event is NEED_DATA or event is CLOSED:
-                return False
-        return True
+        delivered = 0
+        try:
+            for _ in range(budget):
+                event = framer.next_event()
+                if type(event) is SyslogFrame:
+                    delivered += 1
+                    on_message(parse_syslog(event.data, peer=peer, received_at=received_at), name)
+                elif type(event) is FrameDropped:
+                    lst.drop(event.reason, peer, event.size)
+                elif event is NEED_DATA or event is CLOSED:
+                    return False
+            return True
+        finally:
+            if delivered:
+                lst.received[peer] += delivered
 
 
 class TcpListener(StreamListener):

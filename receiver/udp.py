@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections import Counter
 
 import asyncio_dgram
 from asyncio_dgram.aio import DatagramServer
@@ -52,6 +53,9 @@ class UdpListener:
         self._receive_buffer = receive_buffer
         self._stream: DatagramServer | None = None
         self._task: asyncio.Task[None] | None = None
+        self.received: Counter[str] = Counter()
+        """Messages delivered per sender address since the metrics last took them
+        (`take_received`): they name the sender, so they are folded away, not kept."""
 
     @property
     def address(self) -> tuple[str, int]:
@@ -68,6 +72,7 @@ class UdpListener:
     async def _serve(self) -> None:
         assert self._stream is not None
         recv, admit, intake, limit = self._stream.recv, self._admit, self._intake, self._max
+        received = self.received
         while True:
             try:
                 data, addr = await recv()
@@ -80,7 +85,14 @@ class UdpListener:
             elif len(data) > limit:
                 intake.on_drop(Dropped("oversized", peer, TRANSPORT, len(data)))
             else:
+                received[peer] += 1
                 intake.on_message(parse_syslog(data, peer=peer, received_at=time.time()), TRANSPORT)
+
+    def take_received(self) -> Counter[str]:
+        """The per-sender counts since the last call, and start again from zero."""
+        taken = self.received.copy()
+        self.received.clear()
+        return taken
 
     async def stop(self) -> None:
         if self._stream is not None:
