@@ -13,6 +13,9 @@ its control socket as Prometheus would. Phases:
           the daemon's CPU seconds for the same messages (utime + stime from /proc), best of
           the runs each way, and the difference as a share of the unscraped figure. With the
           per-scrape figure: what a 15 s scrape (Prometheus' usual interval) costs at that load.
+  cost    --count octet-counted TCP messages unpaced (bench.py's tcp phase), never scraped:
+          the daemon's CPU microseconds per message, best of --runs (to compare a build with
+          and without the per-message counts the metrics read)
 The target (issue 11): scraping under 50k msg/s costs at most 2 % of the daemon's CPU.
 """
 
@@ -32,7 +35,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench import LINE, NEVER, Bench, client_ip  # noqa: E402
+from bench import LINE, NEVER, Bench, client_ip, send_tcp  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -176,6 +179,23 @@ def load_phase(b: Bench, rate: int, seconds: float, runs: int) -> dict:
     }
 
 
+def cost_phase(b: Bench, count: int, runs: int) -> dict:
+    best: dict = {}
+    for run in range(runs):
+        start(b, maxretry=NEVER)
+        assert b.proc is not None
+        messages = [LINE.format(ip=client_ip(run * count + i)).encode() for i in range(count)]
+        cpu = cpu_seconds(b.proc.pid)
+        elapsed = send_tcp(b, messages)
+        used = cpu_seconds(b.proc.pid) - cpu
+        b.stop()
+        result = {"messages": count, "msg_per_s": round(count / elapsed),
+                  "daemon_cpu_us_per_msg": round(used / count * 1e6, 2)}
+        if not best or result["daemon_cpu_us_per_msg"] < best["daemon_cpu_us_per_msg"]:
+            best = result
+    return best
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--phases", default="scrape,load")
@@ -184,6 +204,7 @@ def main() -> None:
     p.add_argument("--rate", type=int, default=50_000)
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--count", type=int, default=300_000)
     args = p.parse_args()
     results: dict[str, object] = {"cpus": os.cpu_count(), "loadavg": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="bansink-bench-metrics-") as tmp:
@@ -193,6 +214,9 @@ def main() -> None:
             if "scrape" in phases:
                 results["scrape"] = scrape_phase(b, args.scrapes, args.bans)
                 print("scrape", json.dumps(results["scrape"]), flush=True)
+            if "cost" in phases:
+                results["cost"] = cost_phase(b, args.count, args.runs)
+                print("cost", json.dumps(results["cost"]), flush=True)
             if "load" in phases:
                 results["load"] = load_phase(b, args.rate, args.seconds, args.runs)
                 print("load", json.dumps(results["load"]), flush=True)
