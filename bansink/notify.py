@@ -446,10 +446,12 @@ class Notifier:
         """Never raises and never waits: it runs in the ban's path."""
         try:
             now = self._now()
+            opens = self.window.deadline is None
             notice = self.window.ban(facts_of(ban), now, self._wall())
             if notice is not None:
                 self._dispatch(notice, now)
-            self._wake.set()
+            if opens:  # the timer has a deadline to wait for now
+                self._wake.set()
         except Exception as exc:  # a bug here must not cost a ban
             self.errors += 1
             log.error("notify_error", error=repr(exc))
