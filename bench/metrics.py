@@ -1,19 +1,21 @@
 """What scraping /metrics costs the daemon (not a test). Run as root from the checkout:
 
-    .venv/bin/python bench/metrics.py                  # about two minutes
-    .venv/bin/python bench/metrics.py --seconds 10 --runs 1
+    .venv/bin/python bench/metrics.py                  # about five minutes
+    .venv/bin/python bench/metrics.py --phases load --segment 5 --pairs 3
 
 A real `bansink run` in bench.py's namespace (nftables backend, journal on), scraped through
 its control socket as Prometheus would. Phases:
   scrape  the daemon's CPU per scrape, measured over --scrapes scrapes in a row: idle, and with
           --bans bans active (each in the kernel set; the collector counts them per jail and
           origin at every scrape)
-  load    --rate msg/s of octet-counted TCP (each a new IPv6 client, as bench.py's tcp phase)
-          for --seconds, without a scrape and with one every second, alternated --runs times:
-          the daemon's CPU seconds for the same messages (utime + stime from /proc), best of
-          the runs each way (and the means), and the difference as a share of the unscraped
-          figure; with the per-scrape figure measured at that load, what a scrape every second
-          and every 15 s (Prometheus' usual interval) cost as a share of the daemon's CPU.
+  load    --rate msg/s of octet-counted TCP (each a new IPv6 client from a pool of 200,000, as
+          bench.py's tcp phase) into one daemon, steadily; --pairs times a --segment without a
+          scrape, then one scraped every second, alternated so that the shared machine's drift
+          falls on both alike: the daemon's CPU microseconds per message (utime + stime from
+          /proc) each way, their difference (and the median of each scraped segment against
+          its unscraped neighbours); and, from the CPU one scrape costs at that load, what a
+          scrape every second and every 15 s (Prometheus' usual interval) cost as a share of
+          the daemon's CPU
   cost    --count octet-counted TCP messages unpaced (bench.py's tcp phase), never scraped:
           the daemon's CPU microseconds per message, best of --runs (to compare a build with
           and without the per-message counts the metrics read)
@@ -112,77 +114,97 @@ def scrape_phase(b: Bench, scrapes: int, bans: int) -> dict:
     return result
 
 
-def paced_load(b: Bench, rate: int, seconds: float, interval: float | None,
-               sock: Path) -> dict:
-    """`rate` msg/s for `seconds` on one TCP connection, scraped every `interval` (None:
-    never); the daemon's CPU seconds from the first byte until it has received them all."""
-    assert b.proc is not None
-    count = int(rate * seconds)
-    base = b.received()
-    offset = getattr(b, "sent", 0)
-    b.sent = offset + count
-    frames = [b"%d %s" % (len(m), m) for m in
-              (LINE.format(ip=client_ip(offset + i)).encode() for i in range(count))]
-    per_tick = max(1, rate // 100)  # a chunk every 10 ms
-    chunks = [b"".join(frames[i : i + per_tick]) for i in range(0, count, per_tick)]
-    del frames
-    conn = b.socket(socket.SOCK_STREAM)
-    conn.connect(("127.0.0.1", 5514))
-    stop = threading.Event()
-    scrapes = [0]
+class PacedSender:
+    """`rate` msg/s of octet-counted TCP on one connection, on a thread, until stopped: a pool
+    of `pool` distinct IPv6 clients, cycled (built before the clock starts: the sender must
+    not be the bound). When bansink reads slower, sendall blocks: the daemon runs flat out."""
 
-    def scraper() -> None:
-        while interval is not None and not stop.wait(interval):
-            scrape(sock)
-            scrapes[0] += 1
+    def __init__(self, b: Bench, rate: int, pool: int = 200_000) -> None:
+        frames = [b"%d %s" % (len(m), m) for m in
+                  (LINE.format(ip=client_ip(i)).encode() for i in range(pool))]
+        self.per_tick = max(1, rate // 100)  # a chunk every 10 ms
+        self.chunks = [b"".join(frames[i : i + self.per_tick])
+                       for i in range(0, pool, self.per_tick)]
+        self.conn = b.socket(socket.SOCK_STREAM)
+        self.conn.connect(("127.0.0.1", 5514))
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._send, daemon=True)
+        self.thread.start()
 
-    thread = threading.Thread(target=scraper, daemon=True)
-    cpu, t0 = cpu_seconds(b.proc.pid), time.perf_counter()
-    thread.start()
-    for i, chunk in enumerate(chunks):
-        ahead = t0 + i / 100 - time.perf_counter()
-        if ahead > 0:
-            time.sleep(ahead)
-        conn.sendall(chunk)
-    conn.close()
-    b.wait(lambda: b.received() - base >= count, 600)
-    elapsed = time.perf_counter() - t0
-    stop.set()
-    thread.join()
-    used = cpu_seconds(b.proc.pid) - cpu
-    return {"messages": count, "seconds": round(elapsed, 2), "msg_per_s": round(count / elapsed),
-            "daemon_cpu_s": round(used, 3), "scrapes": scrapes[0]}
+    def _send(self) -> None:
+        t0, tick = time.perf_counter(), 0
+        while not self.stopped.is_set():
+            ahead = t0 + tick / 100 - time.perf_counter()
+            if ahead > 0:
+                time.sleep(ahead)
+            self.conn.sendall(self.chunks[tick % len(self.chunks)])
+            tick += 1
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+        self.conn.close()
 
 
-def mean(runs: list[dict]) -> float:
-    return sum(r["daemon_cpu_s"] for r in runs) / len(runs)
-
-
-def load_phase(b: Bench, rate: int, seconds: float, runs: int) -> dict:
-    plain: list[dict] = []
-    scraped: list[dict] = []
+def load_phase(b: Bench, rate: int, segment: float, pairs: int) -> dict:
+    """One daemon under a steady load; `pairs` times a `segment` without scraping, then one
+    scraped every second, alternated so that the machine's drift (other load on it) falls on
+    both alike. Per segment: the daemon's CPU microseconds per message received."""
     sock = start(b, maxretry=NEVER)
+    assert b.proc is not None
+    pid = b.proc.pid
+    sender = PacedSender(b, rate)
+    segments: list[dict] = []
     try:
-        paced_load(b, rate, 2, None, sock)  # warm up: imports, first allocations
-        for _ in range(runs):
-            plain.append(paced_load(b, rate, seconds, None, sock))
-            scraped.append(paced_load(b, rate, seconds, 1.0, sock))
+        time.sleep(segment)  # warm up
+        for index in range(2 * pairs):
+            scraped = index % 2 == 1
+            stop, scrapes = threading.Event(), [0]
+
+            def scraper(stop: threading.Event = stop, scrapes: list[int] = scrapes) -> None:
+                while not stop.wait(1.0):
+                    scrape(sock)
+                    scrapes[0] += 1
+
+            thread = threading.Thread(target=scraper, daemon=True)
+            received, cpu, t0 = b.received(), cpu_seconds(pid), time.perf_counter()
+            if scraped:
+                thread.start()
+            time.sleep(segment)
+            stop.set()
+            if scraped:
+                thread.join()
+            got, used = b.received() - received, cpu_seconds(pid) - cpu
+            segments.append({"scraped": scraped, "messages": got,
+                             "msg_per_s": round(got / (time.perf_counter() - t0)),
+                             "scrapes": scrapes[0],
+                             "cpu_us_per_msg": round(used / got * 1e6, 3)})
+        sender.stop()
+        b.settle()
+        # the CPU of a scrape alone, with the state the load left (200,000 tracked clients)
         per = per_scrape(b, sock, 50)["daemon_cpu_ms_per_scrape"] / 1000
     finally:
+        if not sender.stopped.is_set():
+            sender.stop()
         b.stop()
-    best_plain = min(plain, key=lambda r: r["daemon_cpu_s"])
-    best_scraped = min(scraped, key=lambda r: r["daemon_cpu_s"])
-    cpu_per_s = best_plain["daemon_cpu_s"] / best_plain["seconds"]
+    plain = [s["cpu_us_per_msg"] for s in segments if not s["scraped"]]
+    scraped = [s["cpu_us_per_msg"] for s in segments if s["scraped"]]
+    # each scraped segment against the mean of the unscraped ones around it
+    paired = [100 * (segments[i]["cpu_us_per_msg"] / ((segments[i - 1]["cpu_us_per_msg"] + (
+        segments[i + 1] if i + 1 < len(segments) else segments[i - 1])["cpu_us_per_msg"]) / 2)
+        - 1) for i in range(1, len(segments), 2)]
+    cpu_share = sum(s["messages"] for s in segments) / len(segments) / segment * (
+        sum(plain) / len(plain)) / 1e6
     return {
-        "rate": rate, "runs": runs, "unscraped": plain, "scraped_every_1s": scraped,
-        "daemon_cpu_share_at_load": round(cpu_per_s, 3),
-        "measured_overhead_pct_1s": round(
-            100 * (best_scraped["daemon_cpu_s"] - best_plain["daemon_cpu_s"])
-            / best_plain["daemon_cpu_s"], 2),
-        "measured_overhead_pct_1s_means": round(
-            100 * (mean(scraped) - mean(plain)) / mean(plain), 2),
-        "derived_overhead_pct_1s": round(100 * per / cpu_per_s, 3),
-        "derived_overhead_pct_15s": round(100 * per / 15 / cpu_per_s, 3),
+        "rate_asked": rate, "segment_s": segment, "pairs": pairs, "segments": segments,
+        "unscraped_us_per_msg_mean": round(sum(plain) / len(plain), 3),
+        "scraped_us_per_msg_mean": round(sum(scraped) / len(scraped), 3),
+        "measured_overhead_pct_1s": round(100 * (sum(scraped) / sum(plain) - 1), 2),
+        "measured_overhead_pct_1s_paired_median": round(sorted(paired)[len(paired) // 2], 2),
+        "daemon_cpu_share_at_load": round(cpu_share, 3),
+        "daemon_cpu_ms_per_scrape_after_load": round(per * 1000, 2),
+        "derived_overhead_pct_1s": round(100 * per / cpu_share, 3),
+        "derived_overhead_pct_15s": round(100 * per / 15 / cpu_share, 3),
     }
 
 
@@ -209,7 +231,8 @@ def main() -> None:
     p.add_argument("--scrapes", type=int, default=200)
     p.add_argument("--bans", type=int, default=10_000)
     p.add_argument("--rate", type=int, default=50_000)
-    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--segment", type=float, default=10.0)
+    p.add_argument("--pairs", type=int, default=8)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--count", type=int, default=300_000)
     args = p.parse_args()
@@ -225,7 +248,7 @@ def main() -> None:
                 results["cost"] = cost_phase(b, args.count, args.runs)
                 print("cost", json.dumps(results["cost"]), flush=True)
             if "load" in phases:
-                results["load"] = load_phase(b, args.rate, args.seconds, args.runs)
+                results["load"] = load_phase(b, args.rate, args.segment, args.pairs)
                 print("load", json.dumps(results["load"]), flush=True)
         finally:
             b.close()
