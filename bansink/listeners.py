@@ -220,8 +220,11 @@ class ListenerSet:
                            if isinstance(listener, StreamListener) else 0)
             log.info("listener_closed", transport=at[0], address=at[1], port=at[2],
                      connections=connections)
-            ending = (listener.retire() if isinstance(listener, StreamListener)
-                      else listener.stop())
+            if isinstance(listener, StreamListener):
+                listener.stop_accepting()  # now: refused from the moment the reload is done
+                ending = listener.retire()
+            else:
+                ending = listener.stop()
             self.retiring[listener] = asyncio.get_running_loop().create_task(
                 self._retire(listener, ending))
         for at, listener in change.added.items():
