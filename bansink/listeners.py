@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import ssl
 from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -79,7 +80,9 @@ def _where(at: ListenAt) -> str:
 
 
 def _cannot_listen(at: ListenAt, exc: OSError) -> str:
-    return f"receiver.{at[0]}: cannot listen on {_where(at)}: {exc.strerror or exc}"
+    # the errno's own words: asyncio words them "error while attempting to bind on ..."
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return f"receiver.{at[0]}: cannot listen on {_where(at)}: {reason}"
 
 
 def _is_udp(at: ListenAt) -> bool:
