@@ -11,6 +11,7 @@ from bansink.actions.dryrun import DryRunBackend
 from bansink.config import ConfigError, parse_config
 from bansink.daemon import Daemon, ListenError
 
+from streams import LOOPS
 from support import make_certificates, until
 
 LINE = (b'<38>Aug 22 10:00:00 web roundcube: Login failed: client_ip="203.0.113.7", '
@@ -197,6 +198,12 @@ async def refused(port: int) -> bool:
     return False
 
 
+def on_loop(loop_factory, coro):
+    """Run `coro` on that kind of event loop (the daemon runs on uvloop where installed)."""
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(coro)
+
+
 async def running(config, scenario, backend=None):
     daemon = Daemon(config, backend or DryRunBackend())
     await daemon.start()
@@ -302,7 +309,8 @@ def test_a_bad_listener_on_sighup_is_logged_with_its_key_and_the_running_config_
     asyncio.run(run())
 
 
-def test_one_address_can_change_transport_on_a_reload():
+@pytest.mark.parametrize("loop", LOOPS)
+def test_one_address_can_change_transport_on_a_reload(loop):
     udp, port = free_port(), free_tcp_port()
     base = listening(config(udp), tcp=[("127.0.0.1", port)])
 
@@ -317,7 +325,7 @@ def test_one_address_can_change_transport_on_a_reload():
         assert (await asyncio.wait_for(relp_reader.readline(), 5)).startswith(b"1 rsp ")
         relp.close()
 
-    asyncio.run(running(base, scenario))
+    on_loop(loop, running(base, scenario))
 
 
 def test_failure_counts_survive_reloads_that_move_listeners_and_change_maxretry():
@@ -390,3 +398,45 @@ def test_a_reload_reads_a_renewed_tls_certificate_and_open_tls_connections_go_on
             writer.close()
 
     asyncio.run(running(base, scenario))
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_listener_can_move_from_the_wildcard_address_to_one_address_on_the_same_port(loop):
+    udp, port = free_port(), free_tcp_port()
+    base = listening(config(udp), tcp=[("0.0.0.0", port)])
+
+    async def scenario(daemon):
+        await daemon.reload(listening(base, tcp=[("127.0.0.1", port)]))
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(LINE + b"\n")
+        await until(lambda: received(daemon, "tcp") == 1)
+        writer.close()
+        with pytest.raises(ConnectionRefusedError):  # no longer on every address
+            await asyncio.open_connection("127.0.0.2", port)
+
+    on_loop(loop, running(base, scenario))
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_port_given_up_for_a_reload_that_then_fails_is_taken_back(loop):
+    udp, port = free_port(), free_tcp_port()
+    base = listening(config(udp), tcp=[("127.0.0.1", port)])
+    stranger = socket.socket()  # another program on the same port, another address
+    stranger.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    stranger.bind(("127.0.0.2", port))
+    stranger.listen()
+
+    async def scenario(daemon):
+        with pytest.raises(ListenError, match=rf"^receiver\.relp: .*0\.0\.0\.0:{port}: "
+                                              rf"Address already in use$"):
+            await daemon.reload(listening(base, tcp=[], relp=[("0.0.0.0", port)]))
+        assert sorted(listeners_of(daemon)) == [("tcp", port), ("udp", udp)]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)  # listening again
+        writer.write(LINE + b"\n")
+        await until(lambda: received(daemon, "tcp") == 1)
+        writer.close()
+
+    try:
+        on_loop(loop, running(base, scenario))
+    finally:
+        stranger.close()
