@@ -102,10 +102,6 @@ class ListenerChange:
     """Removed listeners that gave up their address early, for an added one on the same port
     (`tcp` becoming `relp` on one address, `0.0.0.0:514` becoming `192.0.2.1:514`)."""
 
-    @property
-    def empty(self) -> bool:
-        return not (self.added or self.removed)
-
 
 class ListenerSet:
     """The running listeners by ListenAt, and those a reload removed while their connections
@@ -192,12 +188,14 @@ class ListenerSet:
             for listener in opened:
                 await listener.stop()
             for at in change.released:
+                listener = change.removed[at]
                 try:
-                    await change.removed[at].start()
+                    await listener.start()
                 except OSError as exc:  # taken meanwhile by someone else: say so, go on
                     log.error("listener_lost", error=_cannot_listen(at, exc),
                               hint="a restart opens it again once the address is free")
                     del self.running[at]
+                    self._retire(listener)
             change.released.clear()
             raise
 
@@ -223,19 +221,24 @@ class ListenerSet:
                            if isinstance(listener, StreamListener) else 0)
             log.info("listener_closed", transport=at[0], address=at[1], port=at[2],
                      connections=connections)
-            if isinstance(listener, StreamListener):
-                listener.stop_accepting()  # now: refused from the moment the reload is done
-                ending = listener.retire()
-            else:
-                ending = listener.stop()
-            self.retiring[listener] = asyncio.get_running_loop().create_task(
-                self._retire(listener, ending))
+            self._retire(listener)
         for at, listener in change.added.items():
             _log_listening(at, listener)
         self.running = {at: change.kept.get(at) or change.added[at]
                         for at in listen_addresses(change.config)}
 
-    async def _retire(self, listener: Listener, ending: Coroutine[None, None, None]) -> None:
+    def _retire(self, listener: Listener) -> None:
+        """Stop accepting now (refused from the moment the reload is done) and let its
+        connections end well, in a task of their own."""
+        if isinstance(listener, StreamListener):
+            listener.stop_accepting()
+            ending = listener.retire()
+        else:
+            ending = listener.stop()
+        self.retiring[listener] = asyncio.get_running_loop().create_task(
+            self._ended(listener, ending))
+
+    async def _ended(self, listener: Listener, ending: Coroutine[None, None, None]) -> None:
         try:
             await ending
         finally:
