@@ -8,7 +8,7 @@ import gc
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
@@ -70,6 +70,11 @@ def changed_keys(old: Config, new: Config) -> list[str]:
     return [f"{section}.{key}" for section in after
             for key in dict.fromkeys([*before[section], *after[section]])
             if before[section].get(key) != after[section].get(key)]
+
+
+Guard = tuple[tuple[tuple[str, int], ...], tuple[int, ...] | None]
+"""The local-senders guard (actions/nftables.py): the (protocol, port) pairs it covers and the
+uids that may send to them over loopback; ((), None) when it is off."""
 
 
 class Daemon:
@@ -179,15 +184,17 @@ class Daemon:
                                  f"journal.retention ({running.journal.retention:g}s)")
             jails, sources = jails_and_sources(running)
             change = self._listeners.prepare(running)
-            before = self._guard()
-            widened = self._guard_ports(running, widen=True)  # before a new port is bound
+            before = self._guard()  # the local-senders guard covers an added port before
+            widened = before is not None and self._set_guard(  # it is bound
+                self._guard_for(running, also=before[0]))
             if widened:
                 await self.enforcer.configure(layout_of(self.config))
             try:
                 await self._listeners.open(change)
             except ListenError:
                 if widened:
-                    self._guard_ports(self.config, restore=before)
+                    assert before is not None
+                    self._set_guard(before)
                     await self.enforcer.configure(layout_of(self.config))
                 raise
             # nothing below fails
@@ -198,7 +205,7 @@ class Daemon:
             self._senders = NetworkSet(running.receiver.senders)
             self._listeners.commit(change)
             closed = self._listeners.readmit()
-            guard = self._guard_ports(running)
+            guard = before is not None and self._set_guard(self._guard_for(running))
             if guard or widened or layout_of(running) != layout_of(old):
                 await self.enforcer.configure(layout_of(running))
             applied = changed_keys(old, running)
@@ -207,35 +214,30 @@ class Daemon:
                      connections_closed=closed)
             return restart
 
-    def _guard(self) -> tuple[tuple[tuple[str, int], ...], tuple[int, ...] | None] | None:
-        """The local-senders guard's (ports, uids); None without nftables."""
+    def _guard(self) -> Guard | None:
+        """The local-senders guard's (ports, uids) as the backend has them; None without
+        nftables (nothing to guard)."""
         backend = self.enforcer.backend
         if not isinstance(backend, NftablesSet):
             return None
         return backend.local_ports, backend.local_uids
 
-    def _guard_ports(self, config: Config, *, widen: bool = False,
-                     restore: tuple[tuple[tuple[str, int], ...], tuple[int, ...] | None]
-                     | None = None) -> bool:
-        """Point the local-senders guard (nftables only) at `config`'s listening ports and
-        receiver.loopback_users (`widen`: at those and the running ones, while a reload binds;
-        `restore`: back to what _guard() gave); True when that changed it (the backend's
-        setup applies it)."""
+    @staticmethod
+    def _guard_for(config: Config, also: Sequence[tuple[str, int]] = ()) -> Guard:
+        """The guard `config` asks for (its listening ports, receiver.loopback_users; off
+        without users, as cli.nftables_backend builds it), covering the ports `also`."""
+        uids = tuple(sorted(set(config.receiver.loopback_uids)))
+        if not uids:
+            return (), None
+        return tuple(sorted({*local_ports(config), *also})), uids
+
+    def _set_guard(self, guard: Guard) -> bool:
+        """Give the backend that guard; True when it changed (its setup() applies it)."""
         backend = self.enforcer.backend
-        if not isinstance(backend, NftablesSet):
+        assert isinstance(backend, NftablesSet)
+        if (backend.local_ports, backend.local_uids) == guard:
             return False
-        if restore is not None:
-            ports, uids = restore
-        else:
-            uids = config.receiver.loopback_uids or None
-            wanted = set(local_ports(config))
-            if widen:
-                wanted |= set(backend.local_ports)
-            ports = tuple(sorted(wanted)) if uids else ()
-            uids = tuple(sorted(set(uids))) if uids else None
-        if (backend.local_ports, backend.local_uids) == (ports, uids):
-            return False
-        backend.local_ports, backend.local_uids = ports, uids
+        backend.local_ports, backend.local_uids = guard
         return True
 
     def _reload_on_signal(self) -> None:
