@@ -6,29 +6,25 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
-import ssl
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
 
 from bansink.actions.backend import BanBackend
+from bansink.actions.nftables import NftablesSet
 from bansink.engine.addresses import NetworkSet, parse_address
-from bansink.receiver.descriptors import descriptor_budget, descriptors_in_use
-from bansink.receiver.intake import Admit, Intake
-from bansink.receiver.relp_listener import RelpListener
-from bansink.receiver.tcp import StreamListener, TcpListener
-from bansink.receiver.tls import server_context
-from bansink.receiver.udp import UdpListener
+from bansink.receiver.descriptors import descriptors_in_use
 
 from .bans import BanBook
 from .config import Config, ConfigError
 from .control import ControlError, ControlServer
 from .enforcer import Enforcer
 from .hub import Hub
-from .jails import build_pipeline, layout_of, reconfigure
+from .jails import build_pipeline, jails_and_sources, layout_of, protections_of
+from .listeners import Listener, ListenError, ListenerSet, local_ports
 from .logs import Throttle
 from .metrics import Metrics
 from .notify import Notifier, page_link
@@ -52,19 +48,16 @@ GIL in runs while it builds its rows; handing it back sooner keeps the event loo
 nft commit a ban waits for) on time under a read burst (measured below, README Performance)."""
 
 
-class ListenError(Exception):
-    """A configured listen address cannot be bound (in use, not on this host, no privilege)."""
-
-
 def running_part(running: Config, new: Config) -> Config:
-    """`running` with what a reload applies taken from `new`: the senders, `[engine]` (trusted
-    proxies, ignoreip, max_tracked, filter_paths), `[jail]` and `[jails.NAME]` (filter files
-    are read again, each jail's set pair and ports follow), `nftables.ports` and
-    `[ratelimit.NAME]`. Everything else (listeners, TLS, the journal, the nftables table's
-    names, logging) keeps its running value until a restart."""
+    """`running` with what a reload applies taken from `new`: all of `[receiver]` (listeners
+    opened and closed, TLS files read again, senders, caps, sizes, timeouts, loopback_users),
+    `[engine]` (trusted proxies, ignoreip, max_tracked, filter_paths), `[jail]` and
+    `[jails.NAME]` (filter files are read again, each jail's set pair and ports follow),
+    `nftables.ports` and `[ratelimit.NAME]`. Everything else (the journal, the nftables
+    table's names and commit_interval, the control socket, logging) keeps its running value
+    until a restart."""
     return running.model_copy(update={
-        "receiver": running.receiver.model_copy(
-            update={"senders": new.receiver.senders, "allow_any": new.receiver.allow_any}),
+        "receiver": new.receiver,
         "engine": new.engine,
         "jail": new.jail,
         "jails": new.jails,
@@ -81,39 +74,9 @@ def changed_keys(old: Config, new: Config) -> list[str]:
             if before[section].get(key) != after[section].get(key)]
 
 
-Listener = UdpListener | StreamListener
-
-
-def build_listeners(config: Config, intake: Intake, admit: Admit) -> list[Listener]:
-    """Every configured listener, not started; ListenError if the TLS files cannot be used."""
-    rc = config.receiver
-    context = None
-    if rc.tls or rc.relp_tls:
-        ts = rc.tls_settings
-        try:
-            context = server_context(ts.certificate, ts.key, ts.client_ca)
-        except (OSError, ssl.SSLError) as exc:
-            raise ListenError(f"receiver.tls_settings: cannot load the certificate, key or CA: "
-                              f"{exc}") from None
-
-    def stream(kind: type[StreamListener], host: str, port: int, name: str, size: int,
-               tls: bool = False) -> StreamListener:
-        return kind(host, port, admit=admit, intake=intake, max_message_size=size,
-                    max_connections=rc.max_connections,
-                    max_connections_per_sender=rc.max_connections_per_sender,
-                    idle_timeout=rc.idle_timeout, transport_name=name,
-                    ssl_context=context if tls else None,
-                    allowed_names=rc.tls_settings.client_names if tls else ())
-
-    tcp, relp = rc.max_message_size, rc.relp_max_frame_size
-    return [
-        *(UdpListener(host, port, admit=admit, intake=intake, max_message_size=tcp,
-                      receive_buffer=rc.udp_receive_buffer) for host, port in rc.udp),
-        *(stream(TcpListener, host, port, "tcp", tcp) for host, port in rc.tcp),
-        *(stream(RelpListener, host, port, "relp", relp) for host, port in rc.relp),
-        *(stream(TcpListener, host, port, "tls", tcp, True) for host, port in rc.tls),
-        *(stream(RelpListener, host, port, "relp_tls", relp, True) for host, port in rc.relp_tls),
-    ]
+Guard = tuple[tuple[tuple[str, int], ...], tuple[int, ...] | None]
+"""The local-senders guard (actions/nftables.py): the (protocol, port) pairs it covers and the
+uids that may send to them over loopback; ((), None) when it is off."""
 
 
 class Daemon:
@@ -143,14 +106,20 @@ class Daemon:
                             findtime=self._findtime, history=jc.history)
         self.control: ControlServer | None = None
         self.hub: Hub | None = None
-        self.listeners: list[Listener] = []
+        self._listeners: ListenerSet | None = None
         self.notifier: Notifier | None = None
         if config.notify.enabled:
             self.notifier = Notifier.from_config(config.notify, link=page_link(config))
         self.metrics = Metrics(self)
         self._stopping = asyncio.Event()
         self._throttle = Throttle(60.0)
-        self._layout_change: asyncio.Future[None] | None = None
+        self._reload_lock = asyncio.Lock()  # reloads run one at a time, in the order asked
+        self._reloads: set[asyncio.Task[bool]] = set()
+
+    @property
+    def listeners(self) -> list[Listener]:
+        """The running listeners (not those a reload removed while their connections end)."""
+        return list(self._listeners) if self._listeners is not None else []
 
     def _findtime(self, jail: str) -> float:
         found = self.pipeline.jail(jail)
@@ -186,20 +155,8 @@ class Daemon:
                 await self.control.start()
             except ControlError as exc:
                 raise ListenError(str(exc)) from None
-        self.listeners = build_listeners(config, hub, self._admit)
-        too_many = descriptor_budget(self.listeners, config.receiver.max_connections)
-        if too_many is not None:
-            raise ListenError(too_many)
-        for listener in self.listeners:
-            transport = listener.transport_name
-            try:
-                await listener.start()
-            except OSError as exc:
-                where = f"[{listener.host}]" if ":" in listener.host else listener.host
-                raise ListenError(f"cannot listen on {transport} {where}:{listener.port}: "
-                                  f"{exc.strerror or exc}") from None
-            host, port = listener.address
-            log.info("listening", transport=transport, address=host, port=port)
+        self._listeners = ListenerSet(hub, self._admit)
+        await self._listeners.start(config)
         # Per-message garbage is acyclic and freed by reference counting; the cyclic collector
         # mostly re-scans long-lived state (config, tracked addresses). Freezing what start-up
         # made and collecting the young generation less often measured +19 % RELP msg/s.
@@ -220,39 +177,102 @@ class Daemon:
     def stop(self) -> None:
         self._stopping.set()
 
-    def reload(self, new: Config) -> list[str]:
-        """Apply a new config while running: senders (connections of a sender no longer
-        listed are closed), protections and jail settings change at once, each jail keeping
-        its tracked failures. Returns the changed keys that need a restart to apply; they keep
-        their running values (`self.config` is always what runs)."""
-        running = running_part(self.config, new)
-        findtime = running.longest_findtime
-        if self.journal is not None and findtime > running.journal.retention:
-            raise ValueError(f"findtime ({findtime:g}s) may not exceed the running "
-                             f"journal.retention ({running.journal.retention:g}s)")
-        reconfigure(self.pipeline, running)
-        layout = layout_of(running)
-        if layout != layout_of(self.config):
-            self._layout_change = asyncio.ensure_future(self.enforcer.configure(layout))
-        if self.journal is not None:
-            self.journal.salvage_horizon = max(findtime, running.journal.relp_dedupe)
-        applied = changed_keys(self.config, running)
-        self.config = running
-        self._senders = NetworkSet(running.receiver.senders)
-        closed = sum(listener.readmit() for listener in self.listeners
-                     if isinstance(listener, StreamListener))
-        restart = changed_keys(running, new)
-        log.info("reloaded", applied=applied, needs_restart=restart, connections_closed=closed)
-        return restart
+    async def reload(self, new: Config) -> list[str]:
+        """Apply a new config while running (running_part says what follows it). Everything
+        that can fail is done first, before anything changes: the jails' filters are loaded,
+        the TLS files read, and the listen addresses added are bound; a failure raises
+        ConfigError, ValueError or ListenError naming the key, and the running config stays
+        whole. Then at once: each jail keeps its tracked failures, the senders' check follows
+        (connections of a sender no longer listed are closed), listeners kept take the new
+        settings, listeners removed stop accepting and their connections end well. Returns the
+        changed keys that need a restart; they keep their running values (`self.config` is
+        always what runs)."""
+        async with self._reload_lock:
+            if self._listeners is None or self._stopping.is_set():
+                raise ValueError("not running")
+            running = running_part(self.config, new)
+            findtime = running.longest_findtime
+            if self.journal is not None and findtime > running.journal.retention:
+                raise ValueError(f"findtime ({findtime:g}s) may not exceed the running "
+                                 f"journal.retention ({running.journal.retention:g}s)")
+            jails, sources = jails_and_sources(running)
+            change = self._listeners.prepare(running)
+            before = self._guard()  # the local-senders guard covers an added port before
+            widened = before is not None and self._set_guard(  # it is bound
+                self._guard_for(running, also=before[0]))
+            if widened:
+                await self.enforcer.configure(layout_of(self.config))
+            try:
+                await self._listeners.open(change)
+            except ListenError:
+                if widened:
+                    assert before is not None
+                    self._set_guard(before)
+                    await self.enforcer.configure(layout_of(self.config))
+                raise
+            # nothing below fails
+            self.pipeline.reconfigure(jails, protections_of(running), sources=sources)
+            old, self.config = self.config, running
+            if self.journal is not None:
+                self.journal.salvage_horizon = max(findtime, running.journal.relp_dedupe)
+            self._senders = NetworkSet(running.receiver.senders)
+            self._listeners.commit(change)
+            closed = self._listeners.readmit()
+            guard = before is not None and self._set_guard(self._guard_for(running))
+            if guard or widened or layout_of(running) != layout_of(old):
+                await self.enforcer.configure(layout_of(running))
+            applied = changed_keys(old, running)
+            restart = changed_keys(running, new)
+            log.info("reloaded", applied=applied, needs_restart=restart,
+                     connections_closed=closed)
+            return restart
 
-    def _reload_from_file(self) -> None:
+    def _guard(self) -> Guard | None:
+        """The local-senders guard's (ports, uids) as the backend has them; None without
+        nftables (nothing to guard)."""
+        backend = self.enforcer.backend
+        if not isinstance(backend, NftablesSet):
+            return None
+        return backend.local_ports, backend.local_uids
+
+    @staticmethod
+    def _guard_for(config: Config, also: Sequence[tuple[str, int]] = ()) -> Guard:
+        """The guard `config` asks for (its listening ports, receiver.loopback_users; off
+        without users, as cli.nftables_backend builds it), covering the ports `also`."""
+        uids = tuple(sorted(set(config.receiver.loopback_uids)))
+        if not uids:
+            return (), None
+        return tuple(sorted({*local_ports(config), *also})), uids
+
+    def _set_guard(self, guard: Guard) -> bool:
+        """Give the backend that guard; True when it changed (its setup() applies it)."""
+        backend = self.enforcer.backend
+        assert isinstance(backend, NftablesSet)
+        if (backend.local_ports, backend.local_uids) == guard:
+            return False
+        backend.local_ports, backend.local_uids = guard
+        return True
+
+    def _reload_on_signal(self) -> None:
+        """SIGHUP: a reload in a task of its own (the signal handler cannot wait)."""
+        task = asyncio.get_running_loop().create_task(self.reload_from_file())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def reload_from_file(self) -> bool:
+        """Read the config file again and reload; a refusal is logged (`reload_failed`, the
+        key named) and the running config stays. True when it was applied."""
         if self._reread is None:
             log.warning("reload_refused", reason="no config file to read again")
-            return
+            return False
+        if self._stopping.is_set():
+            return False
         try:
-            self.reload(self._reread())
-        except (ConfigError, ValueError) as exc:
+            await self.reload(self._reread())
+        except (ConfigError, ValueError, ListenError) as exc:
             log.error("reload_failed", error=str(exc), hint="the running config stays")
+            return False
+        return True
 
     async def run(self) -> None:
         """Start, keep house until SIGTERM/SIGINT (or stop()), then close."""
@@ -262,7 +282,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("stats", **self.stats()))
         try:
             await self.start()
-            loop.add_signal_handler(signal.SIGHUP, self._reload_from_file)  # once running
+            loop.add_signal_handler(signal.SIGHUP, self._reload_on_signal)  # once running
             await self._keep_house()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP):
@@ -308,8 +328,9 @@ class Daemon:
     async def close(self) -> None:
         if self.control is not None:
             await self.control.stop()
-        for listener in self.listeners:
-            await listener.stop()
+        async with self._reload_lock:  # a reload under way ends first; later ones refuse
+            if self._listeners is not None:
+                await self._listeners.stop()
         await self.enforcer.close()
         await self.metrics.close()
         if self.notifier is not None:

@@ -106,6 +106,7 @@ class RelpSession:
         self._last_txnr = 0
         self._outbox: deque[tuple[int, bytes | None]] = deque()
         self._acked: set[int] = set()
+        self._serverclose = False  # retire(): owed once every reply has gone out
 
     # -- input -------------------------------------------------------------------------------
 
@@ -203,6 +204,18 @@ class RelpSession:
             self.state = State.CLOSED
         return RelpRejected(txnr, command, reason)
 
+    def retire(self) -> None:
+        """This server is going away: nothing more is read (frames received and not yet
+        returned by next_event are dropped unanswered, so the client resends them); the replies
+        owed go out as they are acknowledged, and after the last one data_to_send() adds
+        `serverclose` (an open session only). The session is then finished."""
+        if self.state is State.OPEN:
+            self._serverclose = True
+        if self.state is not State.ERROR:
+            self.state = State.CLOSED
+        self._buf.clear()
+        self._pos = 0
+
     # -- output ------------------------------------------------------------------------------
 
     def ack(self, txnr: int) -> None:
@@ -222,6 +235,9 @@ class RelpSession:
                 reply = b"200 OK"
             outbox.popleft()
             out.append(rsp_frame(txnr, reply))
+        if self._serverclose and not outbox:
+            self._serverclose = False
+            out.append(SERVERCLOSE)
         return b"".join(out)
 
     @property

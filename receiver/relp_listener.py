@@ -48,6 +48,8 @@ class _RelpStream(AdmittedStream):
         self.close_received = False
         self.all_replied = False  # closed by us once every reply was written
         self.flush_scheduled = False
+        self.retiring = False  # retire(): the session ends with serverclose
+        self.goodbye = False  # serverclose written (and our side shut, where TCP allows)
 
     def received(self, data: bytes) -> None:
         self.session.receive_data(data)
@@ -107,14 +109,35 @@ class _RelpStream(AdmittedStream):
         data = self.session.data_to_send()
         if data:
             transport.write(data)  # over WRITE_BUFFER_HIGH unsent, pause_writing stops reading
-        if self.session.finished and self.session.unanswered == 0:
+        if self.session.finished and self.session.unanswered == 0 and not self.goodbye:
             self.all_replied = True
-            transport.close()
+            if self.retiring and transport.can_write_eof():
+                # librelp closes on serverclose; until it does, what it sent is read and
+                # dropped: closing with unread input would reset the connection, and a reset
+                # may discard the last replies before the client reads them
+                self.goodbye = True
+                transport.write_eof()
+            else:
+                transport.close()
+
+    def retire(self) -> None:
+        """The listener is going away (a reload removed it): every frame handled so far is
+        answered once durable, then `serverclose`; frames not handled yet are never answered,
+        so omrelp resends them on its next session (here or to another listener)."""
+        if self.transport is None:  # a TLS handshake not finished
+            self.close()
+            return
+        self.retiring = True
+        self.session.retire()
+        self._flush()
 
     def shutdown(self) -> None:
         """Tell the client this server is going: it resends what is unanswered elsewhere/later."""
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(self.session.data_to_send() + SERVERCLOSE)
+        transport = self.transport
+        if transport is not None and not transport.is_closing() and not self.goodbye:
+            self.goodbye = True
+            data = self.session.data_to_send()
+            transport.write(data if data.endswith(SERVERCLOSE) else data + SERVERCLOSE)
         self.close()
 
     def gone(self, exc: Exception | None) -> None:

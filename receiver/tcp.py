@@ -24,6 +24,9 @@ HANDSHAKE_TIMEOUT = 10.0
 # (the nft commit a ban waits for) and the other connections. Past the budget, reading pauses
 # and the rest is handled in later passes (~256 x 10 us: a few ms at a time).
 FRAME_BUDGET = 256
+# How long the connections of a listener a reload removed have to end well (RELP: its replies
+# written, then `serverclose`; TCP: the client's own close after ours) before they are closed.
+RETIRE_GRACE = 10.0
 
 
 class StreamListener:
@@ -66,6 +69,7 @@ class StreamListener:
         (`take_received`), added once per pass over a connection's frames."""
         self._open: set[AdmittedStream] = set()
         self._server: asyncio.Server | None = None
+        self._emptied: asyncio.Future[None] | None = None  # retire() waits on it
         self.stopped = False
         """The daemon is stopping: frames still buffered are not handled any more."""
 
@@ -77,20 +81,58 @@ class StreamListener:
         return self._server.sockets[0].getsockname()[:2]
 
     async def start(self) -> None:
+        """Listen (again, after stop_accepting(): a reload that is undone re-opens it)."""
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         self._server = await asyncio.get_running_loop().create_server(
             lambda: self.stream(self), self.host, self.port, family=family,
             reuse_address=True, backlog=256,
         )
 
-    async def stop(self) -> None:
-        self.stopped = True
+    def reconfigure(self, *, max_message_size: int, max_connections: int,
+                    max_connections_per_sender: int, idle_timeout: float,
+                    ssl_context: ssl.SSLContext | None, allowed_names: Sequence[str]) -> None:
+        """A reload's settings. The caps and idle_timeout hold at once (an open connection over
+        a lowered cap stays; one quiet past a shorter idle_timeout is closed at its next check);
+        the message size, the TLS context (a certificate read again) and the names checked hold
+        for the connections accepted from now on: open ones keep what they started with."""
+        self.max_message_size = max_message_size
+        self.max_connections = max_connections
+        self.max_per_sender = max_connections_per_sender
+        self.idle_timeout = idle_timeout
+        self.handshake_timeout = min(idle_timeout, HANDSHAKE_TIMEOUT)
+        self.ssl_context = ssl_context
+        self.allowed_names = tuple(allowed_names)
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket (its address is free once the loop has run a pass);
+        open connections go on."""
         if self._server is not None:
             self._server.close()
+            self._server = None
+
+    async def retire(self, grace: float = RETIRE_GRACE) -> None:
+        """A reload removed this listener: stop accepting now and let each open connection end
+        well (AdmittedStream.retire); those still open after `grace` seconds end as in stop()."""
+        self.stop_accepting()
+        for stream in list(self._open):
+            stream.retire()
+        if self._open:
+            self._emptied = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._emptied), grace)
+            except TimeoutError:
+                pass
+        await self.stop()
+
+    async def stop(self) -> None:
+        self.stopped = True
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
         for stream in list(self._open):
             stream.shutdown()
-        if self._server is not None:
-            await self._server.wait_closed()
+        if server is not None:
+            await server.wait_closed()
 
     def take_received(self) -> Counter[str]:
         """The per-sender counts since the last call, and start again from zero."""
@@ -316,6 +358,18 @@ class AdmittedStream(asyncio.Protocol):
         """The daemon is stopping (RELP says goodbye first)."""
         self.close()
 
+    def retire(self) -> None:
+        """The listener is going away (a reload removed it): end without losing what the client
+        sent. Plain TCP: a FIN now (rsyslog's omfwd checks for it before each send and
+        reconnects) while reading on until the client closes too; TLS cannot half-close and
+        reads on until the client closes or the listener's grace ends; a pending handshake
+        ends at once."""
+        transport = self.transport
+        if transport is None:
+            self.close()
+        elif not transport.is_closing() and transport.can_write_eof():
+            transport.write_eof()
+
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
@@ -342,6 +396,8 @@ class AdmittedStream(asyncio.Protocol):
         lst.connections[self.peer] -= 1
         if not lst.connections[self.peer]:
             del lst.connections[self.peer]
+        if not lst._open and lst._emptied is not None and not lst._emptied.done():
+            lst._emptied.set_result(None)
         self.gone(exc)
 
     def gone(self, exc: Exception | None) -> None:

@@ -17,16 +17,20 @@ TRANSPORT = "udp"
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; the stdlib does not name it
 
 
+def _set_receive_buffer(sock: socket.socket, size: int) -> None:
+    try:  # bursts overflow the kernel's default ~200 KiB buffer; FORCE needs root
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
 def _datagram_socket(host: str, port: int, receive_buffer: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        try:  # bursts overflow the kernel's default ~200 KiB buffer; FORCE needs root
-            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, receive_buffer)
-        except PermissionError:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        _set_receive_buffer(sock, receive_buffer)
         sock.bind((host, port))
     except BaseException:
         sock.close()
@@ -49,8 +53,9 @@ class UdpListener:
         self.host, self.port = host, port
         self.transport_name = TRANSPORT
         self._admit, self._intake = admit, intake
-        self._max = max_message_size
-        self._receive_buffer = receive_buffer
+        self.max_message_size = max_message_size
+        self.receive_buffer = receive_buffer
+        self._sock: socket.socket | None = None
         self._stream: DatagramServer | None = None
         self._task: asyncio.Task[None] | None = None
         self.received: Counter[str] = Counter()
@@ -63,15 +68,23 @@ class UdpListener:
         return self._stream.sockname[:2]
 
     async def start(self) -> None:
-        sock = _datagram_socket(self.host, self.port, self._receive_buffer)
+        """Bind and serve (again, after stop(): a reload that is undone re-opens it)."""
+        sock = _datagram_socket(self.host, self.port, self.receive_buffer)
         stream = await asyncio_dgram.from_socket(sock)
         assert isinstance(stream, DatagramServer)  # a bound, unconnected socket
-        self._stream = stream
+        self._sock, self._stream = sock, stream
         self._task = asyncio.get_running_loop().create_task(self._serve())
+
+    def reconfigure(self, *, max_message_size: int, receive_buffer: int) -> None:
+        """A reload's settings, at once."""
+        self.max_message_size = max_message_size
+        if receive_buffer != self.receive_buffer and self._sock is not None:
+            _set_receive_buffer(self._sock, receive_buffer)
+        self.receive_buffer = receive_buffer
 
     async def _serve(self) -> None:
         assert self._stream is not None
-        recv, admit, intake, limit = self._stream.recv, self._admit, self._intake, self._max
+        recv, admit, intake = self._stream.recv, self._admit, self._intake
         received = self.received
         while True:
             try:
@@ -82,7 +95,7 @@ class UdpListener:
             peer = admit(source)
             if peer is None:
                 intake.on_drop(Dropped("sender_not_allowed", source, TRANSPORT, len(data)))
-            elif len(data) > limit:
+            elif len(data) > self.max_message_size:
                 intake.on_drop(Dropped("oversized", peer, TRANSPORT, len(data)))
             else:
                 received[peer] += 1
@@ -95,11 +108,14 @@ class UdpListener:
         return taken
 
     async def stop(self) -> None:
+        """Close the socket (datagrams the kernel still holds for it are lost with it)."""
         if self._stream is not None:
             self._stream.close()
+            self._stream = self._sock = None
         if self._task is not None:
             self._task.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:
                 pass
+            self._task = None

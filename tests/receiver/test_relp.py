@@ -169,3 +169,26 @@ def test_input_after_close_or_a_framing_error_is_dropped_not_buffered(ending):
         s.receive_data(b"x" * 65536)
         assert s.next_event() is CLOSED
     assert len(s._buf) == 0
+
+
+def test_a_retired_session_answers_what_it_took_then_says_serverclose_and_reads_no_more():
+    session = RelpSession()
+    taken = events(session, OPEN + syslog(2) + syslog(3))
+    assert [type(e) for e in taken] == [RelpOpen, RelpSyslog, RelpSyslog]
+    session.receive_data(syslog(4))  # read, not yet handled: never answered, resent
+    session.ack(2)
+    session.retire()
+    assert session.next_event() is CLOSED and session.finished
+    assert session.data_to_send().endswith(b"2 rsp 6 200 OK\n")  # 3 is still being written
+    assert session.unanswered == 1
+    session.receive_data(syslog(5))  # dropped
+    session.ack(3)
+    assert session.data_to_send() == b"3 rsp 6 200 OK\n" + SERVERCLOSE
+    assert session.unanswered == 0 and session.data_to_send() == b""
+    assert session.next_event() is CLOSED
+
+
+def test_a_session_retired_before_its_open_just_ends():
+    session = RelpSession()
+    session.retire()
+    assert session.finished and session.data_to_send() == b""
