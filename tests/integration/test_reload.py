@@ -47,7 +47,9 @@ def feed(lab: Lab, count: int, port: int, prefix: str) -> subprocess.Popen:
 def config(lab: Lab, *, maxretry: str = "3", relp: tuple[str, ...] = (),
            tcp: tuple[int, ...] = (PORT,)) -> str:
     """The lab's sender, one RELP listener (plus `relp`), TCP on `tcp`; the journal and the
-    control socket where support.Daemon puts them (a reload must not move them)."""
+    control socket where support.Daemon puts them (a reload must not move them). IPv6 clients
+    are counted by address: the feeder's distinct addresses share one /64 and must each stay
+    one failure."""
     listens = [f"0.0.0.0:{RELP_PORT}", *relp]
     return f"""
 [receiver]
@@ -58,6 +60,7 @@ relp = {listens!r}
 [jail]
 maxretry = {maxretry}
 findtime = "10m"
+ipv6_prefix = 128
 [log]
 format = "json"
 [journal]
