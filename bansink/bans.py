@@ -116,13 +116,32 @@ class BanBook:
         """target -> its bans (wall clock) within `history`: the repeat offenders' record"""
         self.entries: dict[tuple[str, Target], Entry] = {}
         self.allowed: dict[Target, store.AllowRow] = {}
+        self._unrecorded: list[tuple[store.NewBan, Entry]] = []
+        """bans decided in this tick, written to the store together (_record_bans)"""
 
     def _mono(self) -> float:
         return asyncio.get_running_loop().time()
 
     def write(self, operation: Operation) -> None:
         if self.journal is not None:
+            self._record_bans()  # a lift after a ban of the same tick must find its record
             self.journal.put_operation(operation)
+
+    def _record_bans(self) -> None:
+        """Queue the bans decided since the last call as one journal operation (a burst
+        decides thousands in a tick: one closure and two statements each were a sixth of the
+        event loop's time per ban). Runs at the end of the tick a ban was decided in, after the
+        rows of the messages that caused it were queued."""
+        bans, self._unrecorded = self._unrecorded, []
+        if not bans or self.journal is None:
+            return
+
+        def write(db: sqlite3.Connection) -> None:
+            ids = store.record_bans(db, [record for record, _ in bans])
+            for (_, entry), ban_id in zip(bans, ids, strict=True):
+                entry.id = ban_id
+
+        self.journal.put_operation(write)
 
     # -- decisions ---------------------------------------------------------------------------
 
@@ -130,7 +149,8 @@ class BanBook:
         """Enforce and record a ban (a jail's decision, or one made here); a jail's ban of a
         repeat offender is made longer as its `bantime.*` settings say. Returns the ban as
         enforced."""
-        wall = self._clock() if started_at is None else started_at
+        now = self._clock()
+        wall = now if started_at is None else started_at
         step = 0
         jail = self.pipeline.jail(ban.jail) if ban.origin is Origin.JAIL else None
         escalation = jail.settings.escalation if jail is not None else None
@@ -142,21 +162,24 @@ class BanBook:
                 ban = dataclasses.replace(ban, bantime=longer, origin=Origin.ESCALATION)
                 if not isinstance(ban.target, IPv4Network | IPv6Network):
                     jail.remember(ban.target, ban.decided_at + longer)
-        self.history.setdefault(ban.target, []).append(
-            BanRecord(ban.jail, wall, wall + ban.bantime))
-        left = ban.decided_at + ban.bantime - self._mono()
-        ends = None if math.isinf(ban.bantime) else self._clock() + left
-        entry = Entry(wall, ban.decided_at + ban.bantime, step=step, note=note)
+        bantime = ban.bantime
+        record = BanRecord(ban.jail, wall, wall + bantime)
+        records = self.history.get(ban.target)
+        if records is None:
+            self.history[ban.target] = [record]
+        else:
+            records.append(record)
+        end = ban.decided_at + bantime
+        entry = Entry(wall, end, step=step, note=note)
         self.entries[(ban.jail, ban.target)] = entry
-        findtime = self._findtime(ban.jail) if ban.origin is not Origin.MANUAL else None
-        record = store.NewBan(str(ban.target), ban.jail, ban.origin.value, ban.failures, wall,
-                              ends, step=step, note=note,
-                              evidence_since=None if findtime is None else wall - findtime)
-
-        def write(db: sqlite3.Connection) -> None:
-            entry.id = store.record_ban(db, record)
-
-        self.write(write)
+        if self.journal is not None:
+            findtime = self._findtime(ban.jail) if ban.origin is not Origin.MANUAL else None
+            ends = None if math.isinf(bantime) else now + (end - self._mono())
+            if not self._unrecorded:
+                asyncio.get_running_loop().call_soon(self._record_bans)
+            self._unrecorded.append((store.NewBan(
+                str(ban.target), ban.jail, ban.origin.value, ban.failures, wall, ends,
+                step, note, None if findtime is None else wall - findtime), entry))
         self.enforcer.ban(ban)
         return ban
 
