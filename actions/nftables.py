@@ -1,4 +1,5 @@
-"""Bans as elements of nftables sets with per-element timeouts, via libnftables' JSON API.
+"""Bans as elements of nftables sets with per-element timeouts, via libnftables (its JSON API;
+the element transactions in nft's own syntax, see _transaction).
 
 bansink owns one table (default `inet bansink`) holding a pair of sets (`flags timeout`) per
 jail, `ban4_JAIL` and `ban6_JAIL` (or one shared pair `ban4`/`ban6` for an old single-jail
@@ -142,6 +143,9 @@ def parse_element(value: Any) -> Target | None:
     return None
 
 
+_Change = tuple[JailScope | None, Target, Ban | None, str]
+
+
 class NftablesError(Exception):
     pass
 
@@ -214,10 +218,10 @@ class NftablesSet:
         self._watcher: Any = None  # a context of its own for the canary checks
         self._canary_checked: dict[str, tuple[float, float]] = {}
         """set -> (monotonic time of its last canary check, how long that took)"""
-        self._pending: dict[tuple[str, str], tuple[JailScope | None, Target, Ban | None]] = {}
+        self._pending: dict[tuple[str, str], _Change] = {}
         """(scope name, str(target)) -> (the jail's scope, target, its ban or None for a
-        deletion); the latest request for one set wins. The scope is None for a ban of a jail
-        the layout lacks (keyed by the jail's name)."""
+        deletion, str(target)); the latest request for one set wins. The scope is None for a
+        ban of a jail the layout lacks (keyed by the jail's name)."""
         self._lock = threading.RLock()  # one libnftables context: one call at a time
 
     def configure(self, layout: Layout) -> None:
@@ -544,42 +548,57 @@ class NftablesSet:
 
     def add(self, ban: Ban) -> None:
         scope = self.layout.scope(ban.jail)
-        key = (ban.jail if scope is None else scope.name, str(ban.target))
+        text = str(ban.target)  # once: the key, and the element's value
+        key = (ban.jail if scope is None else scope.name, text)
         self._pending.pop(key, None)  # keep the order of the requests
-        self._pending[key] = (scope, ban.target, ban)
+        self._pending[key] = (scope, ban.target, ban, text)
 
     def delete(self, target: Target, jail: str | None = None) -> None:
         """Queue the end of `jail`'s ban of `target`, or of every jail's (None)."""
         scopes = self._scopes() if jail is None else [self.layout.scope(jail)]
         for scope in scopes:
             if scope is not None:
-                key = (scope.name, str(target))
+                text = str(target)
+                key = (scope.name, text)
                 self._pending.pop(key, None)
-                self._pending[key] = (scope, target, None)
+                self._pending[key] = (scope, target, None, text)
 
-    def _transaction(self, changes: Sequence[tuple[JailScope, Target, Ban | None]]
-                     ) -> list[dict[str, Any]]:
+    def _transaction(self, changes: Sequence[tuple[JailScope, Target, Ban | None, str]]) -> str:
         """Per set: a placeholder for every element touched (so that the delete cannot fail on
         an absent one), the delete, then the bans with their timeouts (none for a ban until
-        lifted)."""
-        by_set: dict[str, list[tuple[str | dict[str, Any], Ban | None]]] = {}
-        for scope, target, ban in changes:
-            by_set.setdefault(self._set_in(scope, target), []).append(
-                (element_value(target), ban))
-        commands: list[dict[str, Any]] = []
+        lifted).
+
+        In nft's own syntax rather than JSON: the same transaction, but its text is joined in
+        5 ms per 100,000 elements where the JSON's dicts and json.dumps took 0.27 s, all of it
+        holding the GIL that the event loop needs, and libnftables parses it faster (add,
+        delete, add of 100,000 elements: 0.85 s against 1.21 s, measured with nft 1.0.6)."""
+        by_set: dict[str, list[tuple[str, Ban | None]]] = {}
+        for scope, target, ban, value in changes:
+            by_set.setdefault(self._set_in(scope, target), []).append((value, ban))
+        where = f"{self.family} {self.table}"
+        commands: list[str] = []
         for name, mine in by_set.items():
             values = [value for value, _ in mine]
-            placeholder = [{"elem": {"val": v, "timeout": 1}} for v in values]
-            commands += [
-                {"add": {"element": self._ref(name=name, elem=placeholder)}},
-                {"delete": {"element": self._ref(name=name, elem=values)}},
-            ]
-            timed = [{"elem": {"val": value, "timeout": max(1, round(ban.bantime))}}
+            commands += [f"add element {where} {name} {{ {' timeout 1s, '.join(values)} "
+                         f"timeout 1s }}",
+                         f"delete element {where} {name} {{ {', '.join(values)} }}"]
+            timed = [f"{value} timeout {max(1, round(ban.bantime))}s"
                      if math.isfinite(ban.bantime) else value
                      for value, ban in mine if ban is not None]
             if timed:
-                commands.append({"add": {"element": self._ref(name=name, elem=timed)}})
-        return commands
+                commands.append(f"add element {where} {name} {{ {', '.join(timed)} }}")
+        return "\n".join(commands)
+
+    def _run_text(self, commands: str) -> None:
+        """Run commands in nft's syntax in one transaction; errors as _run's (libnftables
+        repeats the offending command under its error: only the error lines are kept)."""
+        rc, _, error = self._nft.cmd(commands)
+        if rc != 0:
+            said = [line for line in str(error).splitlines() if line.startswith("Error:")]
+            message = " ".join(" ".join(said).split())[:2000] or f"libnftables returned {rc}"
+            if "Operation not permitted" in message:
+                raise BackendUnavailable(f"nftables refused: {_PRIVILEGE_HINT}")
+            raise NftablesError(message)
 
     def commit(self) -> CommitResult:
         """Apply the queued bans and deletions, MAX_ELEMENTS_PER_TRANSACTION at a time (a
@@ -588,12 +607,12 @@ class NftablesSet:
         the transaction retried once; the result then says `rebuilt`: every other ban was lost
         with them. Bans of a jail the layout lacks are refused."""
         pending, self._pending = self._pending, {}
-        changes: list[tuple[JailScope, Target, Ban | None]] = []
+        changes: list[tuple[JailScope, Target, Ban | None, str]] = []
         refused: list[tuple[Target, Ban | None]] = []
         unknown: set[str] = set()
-        for scope, target, ban in pending.values():
+        for scope, target, ban, value in pending.values():
             if scope is not None:
-                changes.append((scope, target, ban))
+                changes.append((scope, target, ban, value))
             else:
                 refused.append((target, ban))
                 if ban is not None:
@@ -605,15 +624,15 @@ class NftablesSet:
             for start in range(0, len(changes), MAX_ELEMENTS_PER_TRANSACTION):
                 commands = self._transaction(changes[start : start + MAX_ELEMENTS_PER_TRANSACTION])
                 try:
-                    self._run(commands)
+                    self._run_text(commands)
                 except NftablesError as first:
                     # e.g. the table was deleted under us (`nft flush ruleset`): rebuild, retry
                     try:
                         rebuilt = self._repair()[1] or rebuilt
-                        self._run(commands)
+                        self._run_text(commands)
                     except (NftablesError, BackendUnavailable) as exc:
                         error = f"{first}; after checking the table: {exc}"
-                        failed = [(target, ban) for _, target, ban in changes[start:]]
+                        failed = [(target, ban) for _, target, ban, _ in changes[start:]]
                         break
         if refused:
             named = ", ".join(str(target) for target, _ in refused[:5])
@@ -628,7 +647,7 @@ class NftablesSet:
                                 deletes=tuple(dict.fromkeys(
                                     target for target, ban in failed if ban is None)),
                                 refused=tuple(target for target, _ in refused))
-        return CommitResult(tuple(ban for _, _, ban in changes if ban is not None),
+        return CommitResult(tuple(ban for _, _, ban, _ in changes if ban is not None),
                             rebuilt=rebuilt,
                             deletes=tuple(dict.fromkeys(
-                                target for _, target, ban in changes if ban is None)))
+                                target for _, target, ban, _ in changes if ban is None)))
