@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+from operator import itemgetter
 from typing import NamedTuple
 
 import structlog
@@ -98,6 +99,8 @@ class Entry:
     id: int | None = None
     step: int = 0
     note: str = ""
+    target: str = ""
+    """str() of the target, kept: the admin's lists show 100,000 of them (empty: not known)."""
 
 
 class BanBook:
@@ -170,7 +173,8 @@ class BanBook:
         else:
             records.append(record)
         end = ban.decided_at + bantime
-        entry = Entry(wall, end, step=step, note=note)
+        text = str(ban.target)
+        entry = Entry(wall, end, step=step, note=note, target=text)
         self.entries[(ban.jail, ban.target)] = entry
         if self.journal is not None:
             findtime = self._findtime(ban.jail) if ban.origin is not Origin.MANUAL else None
@@ -178,8 +182,8 @@ class BanBook:
             if not self._unrecorded:
                 asyncio.get_running_loop().call_soon(self._record_bans)
             self._unrecorded.append((store.NewBan(
-                str(ban.target), ban.jail, ban.origin.value, ban.failures, wall, ends,
-                step, note, None if findtime is None else wall - findtime), entry))
+                text, ban.jail, ban.origin.value, ban.failures, wall, ends, step, note,
+                None if findtime is None else wall - findtime), entry))
         self.enforcer.ban(ban)
         return ban
 
@@ -288,21 +292,25 @@ class BanBook:
 
     # -- what the admin reads ----------------------------------------------------------------
 
-    def running(self) -> list[RunningBan]:
-        """Every running ban, soonest end first (those until lifted last)."""
-        mono, wall = self._mono(), self._clock()
+    def running(self, limit: int | None = None, offset: int = 0) -> list[RunningBan]:
+        """Every running ban, soonest end first (those until lifted last; by target within a
+        second); `limit` and `offset` take a page of that order."""
+        mono, wall, entries, inf = self._mono(), self._clock(), self.entries, math.inf
         found = []
         for end, ban in self.enforcer.running():
-            entry = self.entries.get((ban.jail, ban.target))
+            entry = entries.get((ban.jail, ban.target))
             left = end - mono
-            timed = math.isfinite(left)
-            found.append(RunningBan(
-                str(ban.target), ban.jail, ban.origin.value, ban.failures,
-                entry.started_at if entry is not None else None,
-                wall + left if timed else None, round(left) if timed else None,
-                entry.note if entry is not None else ""))
-        found.sort(key=lambda b: (b.left is None, b.left or 0, b.target))
-        return found
+            found.append((round(left) if left < inf else inf,
+                          entry.target if entry is not None and entry.target else str(ban.target),
+                          left, ban, entry))
+        found.sort(key=itemgetter(0, 1))
+        page = found[offset : None if limit is None else offset + limit]
+        return [RunningBan(
+            target, ban.jail, ban.origin.value, ban.failures,
+            entry.started_at if entry is not None else None,
+            wall + left if rounded < inf else None, int(rounded) if rounded < inf else None,
+            entry.note if entry is not None else "")
+            for rounded, target, left, ban, entry in page]
 
     def status(self, jail: str | None = None) -> dict[str, object]:
         """fail2ban's six counters per jail, and each jail's banned list with time left."""
@@ -312,22 +320,46 @@ class BanBook:
             if found is None and jail != MANUAL_JAIL:
                 raise AdminError(f"no jail {jail!r}")
             jails = (found,) if found is not None else ()
-        banned = self.running()
+        names = [j.settings.name for j in jails]
+        if jail in (None, MANUAL_JAIL):
+            names.append(MANUAL_JAIL)
+        banned = self._banned(names)
         report: dict[str, object] = {}
         for j in jails:
-            mine = [b for b in banned if b.jail == j.settings.name]
+            mine = banned[j.settings.name]
             report[j.settings.name] = {
                 "currently_failed": j.tracked, "total_failed": j.failed,
-                "currently_banned": len(mine), "total_banned": j.bans,
-                "banned": [{"target": b.target, "left": b.left} for b in mine],
+                "currently_banned": len(mine), "total_banned": j.bans, "banned": mine,
             }
         if jail in (None, MANUAL_JAIL):
-            mine = [b for b in banned if b.jail == MANUAL_JAIL]
+            mine = banned[MANUAL_JAIL]
             report[MANUAL_JAIL] = {
                 "currently_failed": 0, "total_failed": 0, "currently_banned": len(mine),
-                "total_banned": None,
-                "banned": [{"target": b.target, "left": b.left} for b in mine]}
+                "total_banned": None, "banned": mine}
         return {"jails": report}
+
+    def _banned(self, jails: list[str]) -> dict[str, list[dict[str, object]]]:
+        """Each jail's banned list: target and seconds left, in running()'s order. Built
+        without running()'s records (a status of 100,000 bans spent 261 of its 345 ms
+        building and sorting them): the targets' text kept by the book, one (left, target)
+        pair per ban, sorted per jail."""
+        mono, entries, inf = self._mono(), self.entries, math.inf
+        found: dict[str, list[tuple[float, str]]] = {name: [] for name in jails}
+        for end, ban in self.enforcer.running():
+            jail, target = ban.jail, ban.target
+            mine = found.get(jail)
+            if mine is None:
+                continue
+            entry = entries.get((jail, target))
+            text = entry.target if entry is not None else ""
+            left = end - mono
+            mine.append((round(left) if left < inf else inf, text or str(target)))
+        lists: dict[str, list[dict[str, object]]] = {}
+        for name, pairs in found.items():
+            pairs.sort()  # by time left, then target; until lifted (inf) last
+            lists[name] = [{"target": target, "left": left if left < inf else None}
+                           for left, target in pairs]
+        return lists
 
     def allow_entries(self) -> list[dict[str, object]]:
         return [{**row._asdict()} for row in self.allowed.values()]
