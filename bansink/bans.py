@@ -99,8 +99,6 @@ class Entry:
     id: int | None = None
     step: int = 0
     note: str = ""
-    target: str = ""
-    """str() of the target, kept: the admin's lists show 100,000 of them (empty: not known)."""
 
 
 class BanBook:
@@ -173,8 +171,7 @@ class BanBook:
         else:
             records.append(record)
         end = ban.decided_at + bantime
-        text = str(ban.target)
-        entry = Entry(wall, end, step=step, note=note, target=text)
+        entry = Entry(wall, end, step=step, note=note)
         self.entries[(ban.jail, ban.target)] = entry
         if self.journal is not None:
             findtime = self._findtime(ban.jail) if ban.origin is not Origin.MANUAL else None
@@ -182,7 +179,7 @@ class BanBook:
             if not self._unrecorded:
                 asyncio.get_running_loop().call_soon(self._record_bans)
             self._unrecorded.append((store.NewBan(
-                text, ban.jail, ban.origin.value, ban.failures, wall, ends, step, note,
+                str(ban.target), ban.jail, ban.origin.value, ban.failures, wall, ends, step, note,
                 None if findtime is None else wall - findtime), entry))
         self.enforcer.ban(ban)
         return ban
@@ -297,20 +294,19 @@ class BanBook:
         second); `limit` and `offset` take a page of that order."""
         mono, wall, entries, inf = self._mono(), self._clock(), self.entries, math.inf
         found = []
-        for end, ban in self.enforcer.running():
-            entry = entries.get((ban.jail, ban.target))
+        for end, ban, target in self.enforcer.listing():
             left = end - mono
-            found.append((round(left) if left < inf else inf,
-                          entry.target if entry is not None and entry.target else str(ban.target),
-                          left, ban, entry))
+            found.append((round(left) if left < inf else inf, target, left, ban))
         found.sort(key=itemgetter(0, 1))
-        page = found[offset : None if limit is None else offset + limit]
-        return [RunningBan(
-            target, ban.jail, ban.origin.value, ban.failures,
-            entry.started_at if entry is not None else None,
-            wall + left if rounded < inf else None, int(rounded) if rounded < inf else None,
-            entry.note if entry is not None else "")
-            for rounded, target, left, ban, entry in page]
+        page = []
+        for rounded, target, left, ban in found[offset : None if limit is None else offset + limit]:
+            entry = entries.get((ban.jail, ban.target))
+            page.append(RunningBan(
+                target, ban.jail, ban.origin.value, ban.failures,
+                entry.started_at if entry is not None else None,
+                wall + left if rounded < inf else None, int(rounded) if rounded < inf else None,
+                entry.note if entry is not None else ""))
+        return page
 
     def status(self, jail: str | None = None) -> dict[str, object]:
         """fail2ban's six counters per jail, and each jail's banned list with time left."""
@@ -341,19 +337,15 @@ class BanBook:
     def _banned(self, jails: list[str]) -> dict[str, list[dict[str, object]]]:
         """Each jail's banned list: target and seconds left, in running()'s order. Built
         without running()'s records (a status of 100,000 bans spent 261 of its 345 ms
-        building and sorting them): the targets' text kept by the book, one (left, target)
-        pair per ban, sorted per jail."""
-        mono, entries, inf = self._mono(), self.entries, math.inf
+        building and sorting them): the enforcer's listing with the targets' text, one
+        (left, target) pair per ban, sorted per jail."""
+        mono, inf = self._mono(), math.inf
         found: dict[str, list[tuple[float, str]]] = {name: [] for name in jails}
-        for end, ban in self.enforcer.running():
-            jail, target = ban.jail, ban.target
-            mine = found.get(jail)
-            if mine is None:
-                continue
-            entry = entries.get((jail, target))
-            text = entry.target if entry is not None else ""
-            left = end - mono
-            mine.append((round(left) if left < inf else inf, text or str(target)))
+        for end, ban, target in self.enforcer.listing():
+            mine = found.get(ban.jail)
+            if mine is not None:
+                left = end - mono
+                mine.append((round(left) if left < inf else inf, target))
         lists: dict[str, list[dict[str, object]]] = {}
         for name, pairs in found.items():
             pairs.sort()  # by time left, then target; until lifted (inf) last

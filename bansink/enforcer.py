@@ -78,8 +78,9 @@ class Enforcer:
         self.lifts = 0
         self.errors = 0
         self.rebuilds = 0
-        self._running: dict[_Key, tuple[float, Ban]] = {}
-        """(jail, target) -> (monotonic end, ban) of every ban enforced and not yet over"""
+        self._running: dict[_Key, tuple[float, Ban, str]] = {}
+        """(jail, target) -> (monotonic end, ban, str(target)) of every ban enforced and not yet
+        over (the text for the admin's lists: 100,000 str() calls were a third of a status)"""
         self._restoring: set[_Key] = set()
         self._retry: dict[_Key, Ban] = {}
         """bans a failed commit left out: tried again at the next verify"""
@@ -104,7 +105,8 @@ class Enforcer:
         except Exception as exc:  # verify() finds what is missing and tries again every second
             log.error("nft_configure_failed", error=str(exc), hint="tried again every second")
         jails = {scope.name for scope in layout.jails}
-        gone = [key for key, (_, ban) in self._running.items() if jails and ban.jail not in jails]
+        gone = [key for key, (_, ban, _) in self._running.items()
+                if jails and ban.jail not in jails]
         for key in gone:
             del self._running[key]
         self._rebuild(None)
@@ -117,14 +119,14 @@ class Enforcer:
         remaining time, not logged or counted as new."""
         for ban in bans:
             key = _key(ban)
-            self._running[key] = (ban.decided_at + ban.bantime, ban)
+            self._running[key] = (ban.decided_at + ban.bantime, ban, str(ban.target))
             self._restoring.add(key)
             self.ban(ban)
 
     def lift(self, target: Target, jail: str | None, reason: str) -> list[Ban]:
         """End `jail`'s ban of `target` (None: every jail's) now; return the running bans
         that ended."""
-        ended = [ban for (j, t), (_, ban) in self._running.items()
+        ended = [ban for (j, t), (_, ban, _) in self._running.items()
                  if t == target and (jail is None or j == jail)]
         for ban in ended:
             key = _key(ban)
@@ -138,7 +140,11 @@ class Enforcer:
 
     def running(self) -> Iterator[tuple[float, Ban]]:
         """(monotonic end, ban) of every ban enforced and not over (math.inf: until lifted)."""
-        return iter(list(self._running.values()))
+        return iter([(end, ban) for end, ban, _ in self._running.values()])
+
+    def listing(self) -> list[tuple[float, Ban, str]]:
+        """(monotonic end, ban, str(target)) of every ban enforced and not over."""
+        return list(self._running.values())
 
     def running_keys(self) -> set[_Key]:
         return set(self._running)
@@ -179,7 +185,7 @@ class Enforcer:
             key = b.jail, b.target
             if lost and key in lost:
                 continue
-            running[key] = (b.decided_at + b.bantime, b)
+            running[key] = (b.decided_at + b.bantime, b, str(b.target))
             if restoring and key in restoring:
                 restoring.discard(key)
                 continue
@@ -267,7 +273,7 @@ class Enforcer:
     def _rebuild(self, problem: str | None) -> None:
         now = asyncio.get_running_loop().time()
         self.forget_ended(now)
-        for key, (end, ban) in self._running.items():
+        for key, (end, ban, _) in self._running.items():
             self._restoring.add(key)
             self.ban(dataclasses.replace(ban, bantime=end - now, decided_at=now))
         if problem is not None:
@@ -276,7 +282,7 @@ class Enforcer:
 
     def forget_ended(self, now: float) -> None:
         """Drop bans that are over (at least 1 s left is needed for a new element)."""
-        ended = [key for key, (end, _) in self._running.items() if end - now < 1]
+        ended = [key for key, (end, *_) in self._running.items() if end - now < 1]
         for key in ended:
             del self._running[key]
 

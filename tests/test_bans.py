@@ -189,7 +189,7 @@ def test_status_and_the_bans_list_order_bans_by_time_left_then_target_in_pages()
         book.manual_ban(ip_address("203.0.113.48"), jail="roundcube")  # in two jails
         restored = Ban(target=ip_address("203.0.113.99"), origin=Origin.JAIL, jail="roundcube",
                        failures=2, bantime=120, decided_at=now)
-        book.entries[("roundcube", restored.target)] = Entry(0.0, now + 120)  # no text kept
+        book.entries[("roundcube", restored.target)] = Entry(0.0, now + 120)
         enforcer.restore([restored])
         await until(lambda: enforcer.counters()["bans_running"] == 11)
         result = book.status(), book.running(), book.running(3, 4), book.running(None, 10)
