@@ -7,7 +7,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv6Address
 from typing import NamedTuple, TypeVar
@@ -114,12 +114,14 @@ class Enforcer:
     def ban(self, ban: Ban) -> None:
         self._batcher.put(ban)
 
-    def restore(self, bans: list[Ban]) -> None:
+    def restore(self, bans: list[Ban], texts: Sequence[str] | None = None) -> None:
         """Put back bans that were running before (the store's, at start): enforced with their
-        remaining time, not logged or counted as new."""
-        for ban in bans:
+        remaining time, not logged or counted as new. `texts`: str() of each ban's target,
+        when known."""
+        for i, ban in enumerate(bans):
             key = _key(ban)
-            self._running[key] = (ban.decided_at + ban.bantime, ban, str(ban.target))
+            text = texts[i] if texts is not None else str(ban.target)
+            self._running[key] = (ban.decided_at + ban.bantime, ban, text)
             self._restoring.add(key)
             self.ban(ban)
 
