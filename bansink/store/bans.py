@@ -144,11 +144,15 @@ def lift_jails_except(db: sqlite3.Connection, jails: list[str], at: float) -> in
         (at, at, *jails)).rowcount
 
 
-def running(db: sqlite3.Connection, now: float) -> list[BanRow]:
-    """Bans not lifted whose end is after `now`, oldest first."""
+def running(db: sqlite3.Connection, now: float,
+            started_before: float | None = None) -> list[BanRow]:
+    """Bans not lifted whose end is after `now` (of those, the ones started before
+    `started_before`, if given), oldest first."""
+    before = "" if started_before is None else " AND started_at < ?"
     return [BanRow(*row) for row in db.execute(
         f"SELECT {_BAN_COLUMNS} FROM ban WHERE lifted_at IS NULL "
-        f"AND (ends_at IS NULL OR ends_at > ?) ORDER BY started_at, id", (now,))]
+        f"AND (ends_at IS NULL OR ends_at > ?){before} ORDER BY started_at, id",
+        (now,) if started_before is None else (now, started_before))]
 
 
 def lifted_since(db: sqlite3.Connection, since: float) -> list[BanRow]:
