@@ -104,3 +104,13 @@ def test_many_bans_recorded_at_once_are_stored_and_linked_as_one_by_one(tmp_path
     for ban_id in ids_one:
         assert bans.evidence(many.db, ban_id) == bans.evidence(one.db, ban_id)
     assert [len(bans.evidence(one.db, i)) for i in ids_one] == [2, 5, 0, 30, 0]
+
+
+def test_running_bans_started_before_a_time(tmp_path):
+    j = journal(tmp_path)
+    j.append([], [lambda db: bans.record_bans(db, [
+        bans.NewBan(A, "m", "manual", 0, 10, None), bans.NewBan(B, "k", "jail", 3, 50, 500),
+        bans.NewBan(B, "m", "manual", 0, 60, 70)])])
+    assert [r.started_at for r in bans.running(j.db, 65)] == [10, 50, 60]
+    assert [r.started_at for r in bans.running(j.db, 65, started_before=50)] == [10]
+    assert [r.started_at for r in bans.running(j.db, 80, started_before=61)] == [10, 50]
