@@ -3,6 +3,7 @@ callbacks (RELP acknowledgements) run once their rows are on disk, and faults su
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from typing import NamedTuple, TypeVar
 import structlog
 
 from bansink.batching import TickBatcher
+from bansink.memory import TRIM_INTERVAL, release_memory
 
 from .journal import Journal, JournalDamaged, JournalRow, Operation, is_damage
 
@@ -65,6 +67,8 @@ class JournalWriter:
         self.failing: str | None = None
         """What the last failed operation said, until one succeeds again."""
         self._seq = 0
+        self._trimmed_at = -math.inf
+        """wall-clock time of the last release_memory()"""
         self._broken: list[tuple[int, int]] = []
         """(first failed row, first item put after the failure was known): barriers between
         them are never answered"""
@@ -122,7 +126,12 @@ class JournalWriter:
 
     def _housekeeping(self, now: float, prune: bool) -> list[Note]:
         notes = self._guarded(self.journal.verify)
-        return notes + self._guarded(lambda: self.journal.prune(now)) if prune else notes
+        if prune:
+            notes += self._guarded(lambda: self.journal.prune(now))
+        if not now - TRIM_INTERVAL < self._trimmed_at <= now:
+            self._trimmed_at = now
+            release_memory()  # what the rows and bans took since, SQLite's and libnftables'
+        return notes
 
     # -- back on the event loop --------------------------------------------------------------
 
