@@ -22,6 +22,10 @@ from .store.writer import JournalWriter
 
 log = structlog.get_logger("bansink")
 
+RESTORE_CHUNK = 10_000
+"""Running bans handed to the enforcer at a time: the first are committed on its thread while
+the rest are read."""
+
 
 async def restore_bans(book: BanBook, journal: JournalWriter, *, findtime: float) -> None:
     """Before the journal's replay: put back the running bans and the allow entries; make each
@@ -55,18 +59,6 @@ async def restore_bans(book: BanBook, journal: JournalWriter, *, findtime: float
             found = targets[text] = parse_address(text) or parse_target(text)
         return found
 
-    for row in history:
-        try:
-            target = target_of(row.target)
-        except AdminError:
-            continue
-        record = BanRecord(row.jail, row.started_at,
-                           row.lifted_at or (math.inf if row.ends_at is None else row.ends_at))
-        records = book.history.get(target)
-        if records is None:
-            book.history[target] = [record]
-        else:
-            records.append(record)
     for allow in allows:
         try:
             book.allowed[parse_target(allow.target)] = allow
@@ -83,6 +75,7 @@ async def restore_bans(book: BanBook, journal: JournalWriter, *, findtime: float
     texts: list[str] = []
     gone: set[str] = set()
     origins = {origin.value: origin for origin in Origin}
+    queued = 0
     for row in running:
         if row.jail != MANUAL_JAIL and row.jail not in jails:
             gone.add(row.jail)
@@ -99,6 +92,10 @@ async def restore_bans(book: BanBook, journal: JournalWriter, *, findtime: float
         restored.append(Ban(target=target, origin=origin, jail=row.jail, failures=row.failures,
                             bantime=left, decided_at=mono))
         texts.append(row.target)
+        if len(restored) - queued >= RESTORE_CHUNK:
+            book.enforcer.restore(restored[queued:], texts[queued:])
+            queued = len(restored)
+            await asyncio.sleep(0)  # the commit thread takes them while the rest are read
         book.entries[(row.jail, target)] = Entry(row.started_at, mono + left, row.id, row.step,
                                                  row.note)
         if not isinstance(target, IPv4Network | IPv6Network):
@@ -109,7 +106,19 @@ async def restore_bans(book: BanBook, journal: JournalWriter, *, findtime: float
         kept = [*jails, MANUAL_JAIL]
         book.write(lambda db: store.lift_jails_except(db, kept, wall))
         log.warning("bans_of_removed_jails_ended", jails=sorted(gone))
-    book.enforcer.restore(restored, texts)
+    book.enforcer.restore(restored[queued:], texts[queued:])
+    for row in history:
+        try:
+            target = target_of(row.target)
+        except AdminError:
+            continue
+        record = BanRecord(row.jail, row.started_at,
+                           row.lifted_at or (math.inf if row.ends_at is None else row.ends_at))
+        records = book.history.get(target)
+        if records is None:
+            book.history[target] = [record]
+        else:
+            records.append(record)
     log.info("bans_restored", bans=len(restored), allow_entries=len(book.allowed),
              seconds=round(loop.time() - mono, 3))
 
