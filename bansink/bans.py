@@ -142,7 +142,7 @@ class BanBook:
             for (_, entry), ban_id in zip(bans, ids, strict=True):
                 entry.id = ban_id
 
-        self.journal.put_operation(write)
+        self.journal.put_operation(write, records=len(bans))
 
     # -- decisions ---------------------------------------------------------------------------
 

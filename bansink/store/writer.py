@@ -30,6 +30,8 @@ class _Item(NamedTuple):
     session: int
     seq: int
     operation: Operation | None = None
+    records: int = 0
+    """store records the operation writes (what `ban_records_lost` counts)"""
 
 
 class JournalWriter:
@@ -92,11 +94,12 @@ class JournalWriter:
         self._seq += 1
         self._batcher.put(_Item(row, done, session, self._seq))
 
-    def put_operation(self, operation: Operation) -> None:
+    def put_operation(self, operation: Operation, records: int = 1) -> None:
         """Queue work for the writer's next transaction, after the rows put before it (a ban's
-        record links the messages that caused it). Lost, and logged, if that write fails."""
+        record links the messages that caused it); `records`: how many store records it
+        writes. Lost, and logged, if that write fails."""
         self._seq += 1
-        self._batcher.put(_Item(None, None, 0, self._seq, operation))
+        self._batcher.put(_Item(None, None, 0, self._seq, operation, records))
 
     # -- on the writer thread ----------------------------------------------------------------
 
@@ -158,7 +161,7 @@ class JournalWriter:
         rows = sum(item.row is not None for item in batch)
         self.pending -= rows
         if not self._report(result, wrote=rows > 0):
-            lost = sum(item.operation is not None for item in batch)
+            lost = sum(item.records for item in batch if item.operation is not None)
             if lost:
                 log.error("ban_records_lost", records=lost,
                           hint="the bans are enforced; the store misses them until restart")

@@ -74,3 +74,25 @@ def test_housekeeping_hands_freed_memory_back_at_most_every_trim_interval(tmp_pa
 
     asyncio.run(main())
     assert len(trims) == 3  # the first time, TRIM_INTERVAL later, and after the clock went back
+
+
+def test_a_failed_write_counts_the_ban_records_it_lost(tmp_path):
+    import sqlite3
+
+    from structlog.testing import capture_logs
+
+    def full(db):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    async def main():
+        writer = JournalWriter(Journal(tmp_path / "j.db", retention=600, max_rows=1000),
+                               interval=0.01, salvage_horizon=600)
+        await writer.open()
+        with capture_logs() as logs:
+            writer.put_operation(full, records=3)  # a tick's bans, written together
+            writer.put_operation(lambda db: None)
+            await writer.close()
+        return logs
+
+    [lost] = [e for e in asyncio.run(main()) if e["event"] == "ban_records_lost"]
+    assert lost["records"] == 4
