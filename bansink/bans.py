@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+from operator import itemgetter
 from typing import NamedTuple
 
 import structlog
@@ -124,13 +125,33 @@ class BanBook:
         """Told of each ban once it is recorded, as enforced (metrics, notifications). The
         daemon adds them after start-up, so bans put back then (restored, replayed) are not
         told. Each must be quick and must not raise: it runs inside the ban's path."""
+        self._unrecorded: list[tuple[store.NewBan, Entry]] = []
+        """bans decided in this tick, written to the store together (_record_bans)"""
 
     def _mono(self) -> float:
         return asyncio.get_running_loop().time()
 
     def write(self, operation: Operation) -> None:
         if self.journal is not None:
+            self._record_bans()  # a lift after a ban of the same tick must find its record
             self.journal.put_operation(operation)
+
+    def _record_bans(self) -> None:
+        """Queue the bans decided since the last call as one journal operation, written in two
+        statements per 1,000 bans (a burst decides hundreds in a tick: a closure per ban on the
+        event loop, and two statements per ban on the writer thread, which takes the GIL back
+        for each, cost more). Runs at the end of the tick a ban was decided in, after the rows
+        of the messages that caused it were queued."""
+        bans, self._unrecorded = self._unrecorded, []
+        if not bans or self.journal is None:
+            return
+
+        def write(db: sqlite3.Connection) -> None:
+            ids = store.record_bans(db, [record for record, _ in bans])
+            for (_, entry), ban_id in zip(bans, ids, strict=True):
+                entry.id = ban_id
+
+        self.journal.put_operation(write, records=len(bans))
 
     # -- decisions ---------------------------------------------------------------------------
 
@@ -138,7 +159,8 @@ class BanBook:
         """Enforce and record a ban (a jail's decision, or one made here); a jail's ban of a
         repeat offender is made longer as its `bantime.*` settings say. Returns the ban as
         enforced."""
-        wall = self._clock() if started_at is None else started_at
+        now = self._clock()
+        wall = now if started_at is None else started_at
         step = 0
         jail = self.pipeline.jail(ban.jail) if ban.origin is Origin.JAIL else None
         escalation = jail.settings.escalation if jail is not None else None
@@ -150,29 +172,33 @@ class BanBook:
                 ban = dataclasses.replace(ban, bantime=longer, origin=Origin.ESCALATION)
                 jail.remember(ban.target, ban.decided_at + longer)
         wide = self._widened(jail, ban, wall) if jail is not None else None
-        self.history.setdefault(ban.target, []).append(
-            BanRecord(ban.jail, wall, wall + ban.bantime))
-        left = ban.decided_at + ban.bantime - self._mono()
-        ends = None if math.isinf(ban.bantime) else self._clock() + left
-        entry = Entry(wall, ban.decided_at + ban.bantime, step=step, note=note)
+        bantime = ban.bantime
+        record = BanRecord(ban.jail, wall, wall + bantime)
+        records = self.history.get(ban.target)
+        if records is None:
+            self.history[ban.target] = [record]
+        else:
+            records.append(record)
+        end = ban.decided_at + bantime
+        entry = Entry(wall, end, step=step, note=note)
         self.entries[(ban.jail, ban.target)] = entry
-        findtime = self._findtime(ban.jail) if ban.origin is not Origin.MANUAL else None
-        record = store.NewBan(str(ban.target), ban.jail, ban.origin.value, ban.failures, wall,
-                              ends, step=step, note=note,
-                              evidence_since=None if findtime is None else wall - findtime)
-
-        def write(db: sqlite3.Connection) -> None:
-            entry.id = store.record_ban(db, record)
-            if wide is not None:  # replaced at once by the wider ban (never enforced)
-                store.lift(db, record.target, wall, "prefix", ban.jail)
-
-        self.write(write)
+        if self.journal is not None:
+            findtime = self._findtime(ban.jail) if ban.origin is not Origin.MANUAL else None
+            ends = None if math.isinf(bantime) else now + (end - self._mono())
+            if not self._unrecorded:
+                asyncio.get_running_loop().call_soon(self._record_bans)
+            self._unrecorded.append((store.NewBan(
+                str(ban.target), ban.jail, ban.origin.value, ban.failures, wall, ends, step, note,
+                None if findtime is None else wall - findtime), entry))
         if wide is None:
             self.enforcer.ban(ban)
             for observer in self.on_ban:
                 observer(ban)
             return ban
+        # replaced at once by the wider ban (never enforced): recorded, and lifted
         del self.entries[(ban.jail, ban.target)]
+        target = str(ban.target)
+        self.write(lambda db: store.lift(db, target, wall, "prefix", ban.jail))
         assert jail is not None
         return self._ban_prefix(jail, wide, ban.decided_at, wall)
 
@@ -358,21 +384,24 @@ class BanBook:
 
     # -- what the admin reads ----------------------------------------------------------------
 
-    def running(self) -> list[RunningBan]:
-        """Every running ban, soonest end first (those until lifted last)."""
-        mono, wall = self._mono(), self._clock()
+    def running(self, limit: int | None = None, offset: int = 0) -> list[RunningBan]:
+        """Every running ban, soonest end first (those until lifted last; by target within a
+        second); `limit` and `offset` take a page of that order."""
+        mono, wall, entries, inf = self._mono(), self._clock(), self.entries, math.inf
         found = []
-        for end, ban in self.enforcer.running():
-            entry = self.entries.get((ban.jail, ban.target))
+        for end, ban, target in self.enforcer.listing():
             left = end - mono
-            timed = math.isfinite(left)
-            found.append(RunningBan(
-                str(ban.target), ban.jail, ban.origin.value, ban.failures,
+            found.append((round(left) if left < inf else inf, target, left, ban))
+        found.sort(key=itemgetter(0, 1))
+        page = []
+        for rounded, target, left, ban in found[offset : None if limit is None else offset + limit]:
+            entry = entries.get((ban.jail, ban.target))
+            page.append(RunningBan(
+                target, ban.jail, ban.origin.value, ban.failures,
                 entry.started_at if entry is not None else None,
-                wall + left if timed else None, round(left) if timed else None,
+                wall + left if rounded < inf else None, int(rounded) if rounded < inf else None,
                 entry.note if entry is not None else ""))
-        found.sort(key=lambda b: (b.left is None, b.left or 0, b.target))
-        return found
+        return page
 
     def status(self, jail: str | None = None) -> dict[str, object]:
         """fail2ban's six counters per jail, and each jail's banned list with time left."""
@@ -382,22 +411,42 @@ class BanBook:
             if found is None and jail != MANUAL_JAIL:
                 raise AdminError(f"no jail {jail!r}")
             jails = (found,) if found is not None else ()
-        banned = self.running()
+        names = [j.settings.name for j in jails]
+        if jail in (None, MANUAL_JAIL):
+            names.append(MANUAL_JAIL)
+        banned = self._banned(names)
         report: dict[str, object] = {}
         for j in jails:
-            mine = [b for b in banned if b.jail == j.settings.name]
+            mine = banned[j.settings.name]
             report[j.settings.name] = {
                 "currently_failed": j.tracked, "total_failed": j.failed,
-                "currently_banned": len(mine), "total_banned": j.bans,
-                "banned": [{"target": b.target, "left": b.left} for b in mine],
+                "currently_banned": len(mine), "total_banned": j.bans, "banned": mine,
             }
         if jail in (None, MANUAL_JAIL):
-            mine = [b for b in banned if b.jail == MANUAL_JAIL]
+            mine = banned[MANUAL_JAIL]
             report[MANUAL_JAIL] = {
                 "currently_failed": 0, "total_failed": 0, "currently_banned": len(mine),
-                "total_banned": None,
-                "banned": [{"target": b.target, "left": b.left} for b in mine]}
+                "total_banned": None, "banned": mine}
         return {"jails": report}
+
+    def _banned(self, jails: list[str]) -> dict[str, list[dict[str, object]]]:
+        """Each jail's banned list: target and seconds left, in running()'s order. Built
+        without running()'s records (a status of 100,000 bans spent 261 of its 345 ms
+        building and sorting them): the enforcer's listing with the targets' text, one
+        (left, target) pair per ban, sorted per jail."""
+        mono, inf = self._mono(), math.inf
+        found: dict[str, list[tuple[float, str]]] = {name: [] for name in jails}
+        for end, ban, target in self.enforcer.listing():
+            mine = found.get(ban.jail)
+            if mine is not None:
+                left = end - mono
+                mine.append((round(left) if left < inf else inf, target))
+        lists: dict[str, list[dict[str, object]]] = {}
+        for name, pairs in found.items():
+            pairs.sort()  # by time left, then target; until lifted (inf) last
+            lists[name] = [{"target": target, "left": left if left < inf else None}
+                           for left, target in pairs]
+        return lists
 
     def allow_entries(self) -> list[dict[str, object]]:
         return [{**row._asdict()} for row in self.allowed.values()]

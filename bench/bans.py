@@ -335,6 +335,16 @@ def decisions(journal: Path, count: int) -> tuple[float, float] | None:
     return (first, last) if n >= count else None
 
 
+def ban_latencies(b: BanBench) -> list[float]:
+    """Each new ban's decision -> commit latency: a `ban` line's, or, for a `bans` line (a
+    large commit's), spread evenly from its first target's to its last's."""
+    found = [e["latency_ms"] for e in b.events("ban")]
+    for e in b.events("bans"):
+        n, high, low = e["bans"], e["latency_ms"], e["latency_ms_min"]
+        found += [high - (high - low) * i / max(n - 1, 1) for i in range(n)]
+    return found
+
+
 def burst_round(b: BanBench, count: int) -> dict:
     """A fresh daemon, then `count` attackers' lines in one burst; the daemon stays up."""
     journal = b.start_daemon()
@@ -348,11 +358,10 @@ def burst_round(b: BanBench, count: int) -> dict:
         prober.stop()
         raise SystemExit(f"bench: not all banned in 120 s (dropped: {prober.dropped_at})")
     cpu1 = b.cpu()
-    # the last batch's `ban` lines are written after its commit: wait for all of them
-    b.wait(lambda: len(b.events("ban")) >= count, 60)
-    bans = b.events("ban")
-    logged = max(wall(e) for e in bans)
-    latency = [e["latency_ms"] for e in bans]
+    # the last batch's ban lines are written after its commit: wait for all of them
+    b.wait(lambda: len(ban_latencies(b)) >= count, 60)
+    latency = ban_latencies(b)
+    logged = max(wall(e) for e in b.events("ban") + b.events("bans"))
     in_kernel = b.kernel_count()
     stats = b.stats()
     first_decision, last_decision = b.wait(lambda: decisions(journal, count), 30)

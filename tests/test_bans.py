@@ -251,3 +251,57 @@ def test_allowing_an_address_lifts_the_prefix_ban_that_holds_it():
 
     ended, running = prefix_scenario({"prefix.count": 3}, steps)
     assert [str(b.target) for b in ended] == ["203.0.113.0/24"] and running == []
+
+
+def test_status_and_the_bans_list_order_bans_by_time_left_then_target_in_pages():
+    """status(): each jail's banned list, soonest end first, by target within a second, until
+    lifted last; the control API's JSON of it is json.dumps's text; running() pages."""
+    import json
+
+    from bansink.bans import Entry
+    from bansink.control import status_json
+    from bansink.engine.decisions import Ban
+
+    from support import until
+
+    config = parse_config({"jail": {"maxretry": 2, "bantime": "1h"},
+                           "receiver": {"senders": ["192.0.2.2/32"]}})
+
+    async def main():
+        enforcer = Enforcer(DryRunBackend(), 0.001)
+        book = BanBook(build_pipeline(config), enforcer, None, findtime=lambda jail: 600.0)
+        now = asyncio.get_running_loop().time()
+        for i, seconds in enumerate([600, 60, 600, 60.2, 3600, 59.9, 600]):
+            book.ban(Ban(target=ip_address(f"203.0.113.{50 - i}"), origin=Origin.JAIL,
+                         jail="roundcube", failures=2, bantime=seconds, decided_at=now))
+        book.manual_ban(ip_network("198.51.100.0/24"))
+        book.manual_ban(ip_address("2001:db8::9"))
+        book.manual_ban(ip_address("203.0.113.48"), duration=60)
+        book.manual_ban(ip_address("203.0.113.48"), jail="roundcube")  # in two jails
+        restored = Ban(target=ip_address("203.0.113.99"), origin=Origin.JAIL, jail="roundcube",
+                       failures=2, bantime=120, decided_at=now)
+        book.entries[("roundcube", restored.target)] = Entry(0.0, now + 120)
+        enforcer.restore([restored])
+        await until(lambda: enforcer.counters()["bans_running"] == 11)
+        result = book.status(), book.running(), book.running(3, 4), book.running(None, 10)
+        await enforcer.close()
+        return result
+
+    status, everything, page, tail = asyncio.run(main())
+    jails = status["jails"]
+    assert [(b["target"], b["left"]) for b in jails["roundcube"]["banned"]] == [
+        ("203.0.113.45", 60), ("203.0.113.47", 60), ("203.0.113.49", 60),
+        ("203.0.113.99", 120), ("203.0.113.44", 600), ("203.0.113.50", 600),
+        ("203.0.113.46", 3600), ("203.0.113.48", 3600)]  # the manual ban replaced its 600
+    assert [(b["target"], b["left"]) for b in jails["manual"]["banned"]] == [
+        ("203.0.113.48", 60), ("198.51.100.0/24", None), ("2001:db8::9", None)]
+    assert jails["roundcube"]["currently_banned"] == 8 and jails["manual"]["currently_banned"] == 3
+    assert status_json(status) == json.dumps(status)
+    order = [(b.left is None, b.left or 0, b.target) for b in everything]
+    assert order == sorted(order) and len(everything) == 11
+    assert [b.target for b in everything[:4]] == [
+        "203.0.113.45", "203.0.113.47", "203.0.113.48", "203.0.113.49"]
+    def ids(bans: list) -> list:
+        return [(b.jail, b.target, b.left) for b in bans]
+
+    assert ids(page) == ids(everything[4:7]) and ids(tail) == ids(everything[10:])

@@ -138,3 +138,31 @@ def test_what_the_cli_prints_cannot_drive_a_terminal():
     for out in (text, explained):
         assert "\x1b" not in out and "\x07" not in out
         assert "\\x1b[2J" in out
+
+
+def test_the_bans_list_comes_in_pages(tmp_path):
+    async def scenario(server, post):
+        for i in range(5):
+            assert (await post("/v1/ban", f'{{"target": "203.0.113.{i}", "for": "{i + 1}h"}}'
+                               ))[0] == 200
+        connector = aiohttp.UnixConnector(path=str(server.path))
+        async with aiohttp.ClientSession(connector=connector) as session:
+            async def get(query: str) -> tuple[int, dict]:
+                async with session.get(f"http://bansink/v1/bans{query}") as response:
+                    return response.status, await response.json()
+            for _ in range(100):  # the commit
+                if server.book.enforcer.counters()["bans_running"] == 5:
+                    break
+                await asyncio.sleep(0.01)
+            return [await get(q) for q in ("", "?limit=2&offset=1", "?offset=4", "?limit=x",
+                                           "?offset=-1")]
+
+    every, page, tail, bad, negative = serve(tmp_path, scenario)
+    assert every[0] == 200 and every[1]["total"] == 5
+    assert [b["target"] for b in every[1]["bans"]] == [f"203.0.113.{i}" for i in range(5)]
+    def targets(answer: tuple[int, dict]) -> tuple[int, list[str], int]:
+        return answer[0], [b["target"] for b in answer[1]["bans"]], answer[1]["total"]
+
+    assert targets(page) == (200, ["203.0.113.1", "203.0.113.2"], 5)
+    assert targets(tail) == (200, ["203.0.113.4"], 5)
+    assert bad[0] == negative[0] == 400 and "'limit' must be a whole number" in bad[1]["error"]

@@ -186,3 +186,44 @@ def test_a_new_layout_ends_the_bans_of_jails_gone_and_puts_the_others_back():
     assert backend.layout.jails == (JailScope("kerio", (25,)),)
     assert [ip for ip, _ in backend.applied] == ["203.0.113.7"]  # into kerio's (new) set
     assert enforcer.bans == 2 and enforcer.counters()["bans_running"] == 1
+
+
+def test_a_large_commit_logs_its_new_bans_as_lines_listing_the_targets():
+    """Above BAN_LINES_UP_TO new bans in a commit, one `bans` line per jail, origin, count and
+    bantime (BAN_LINE_TARGETS targets at most each) instead of a `ban` line each; at debug
+    level the `ban` line of each as before."""
+    import logging
+
+    import structlog
+
+    from bansink import enforcer as module
+
+    addresses = [f"198.18.{i // 250}.{i % 250 + 1}" for i in range(2 * module.BAN_LINE_TARGETS
+                                                                    + 10)]
+
+    async def scenario(level: int):
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
+        enforcer = Enforcer(DryRunBackend(), interval=0.01)
+        now = asyncio.get_running_loop().time()
+        with capture_logs() as logs:
+            for address in addresses:
+                enforcer.ban(decision(address, 600, now))
+            enforcer.ban(decision("2001:db8::7", 600, now, jail="kerio"))
+            await until(lambda: enforcer.bans == len(addresses) + 1)
+        await enforcer.close()
+        return logs
+
+    try:
+        logs = asyncio.run(scenario(logging.INFO))
+        lines = [e for e in logs if e["event"] == "bans"]
+        assert not [e for e in logs if e["event"] == "ban"]
+        assert [(e["jail"], e["bans"], e["origin"], e["count"], e["bantime"]) for e in lines] == [
+            ("roundcube", 1000, "jail", 6, 600.0), ("roundcube", 1000, "jail", 6, 600.0),
+            ("roundcube", 10, "jail", 6, 600.0), ("kerio", 1, "jail", 6, 600.0)]
+        assert [t for e in lines for t in e["targets"]] == [*addresses, "2001:db8::7"]
+        assert all(e["latency_ms"] >= e["latency_ms_min"] >= 0 and e["until"] for e in lines)
+        logs = asyncio.run(scenario(logging.DEBUG))
+        assert [e["ip"] for e in logs if e["event"] == "ban"] == [*addresses, "2001:db8::7"]
+        assert not [e for e in logs if e["event"] == "bans"]
+    finally:
+        structlog.reset_defaults()

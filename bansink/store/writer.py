@@ -3,6 +3,7 @@ callbacks (RELP acknowledgements) run once their rows are on disk, and faults su
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from typing import NamedTuple, TypeVar
 import structlog
 
 from bansink.batching import TickBatcher
+from bansink.memory import TRIM_INTERVAL, release_memory
 
 from .journal import Journal, JournalDamaged, JournalRow, Operation, is_damage
 
@@ -28,6 +30,8 @@ class _Item(NamedTuple):
     session: int
     seq: int
     operation: Operation | None = None
+    records: int = 0
+    """store records the operation writes (what `ban_records_lost` counts)"""
 
 
 class JournalWriter:
@@ -65,6 +69,8 @@ class JournalWriter:
         self.failing: str | None = None
         """What the last failed operation said, until one succeeds again."""
         self._seq = 0
+        self._trimmed_at = -math.inf
+        """wall-clock time of the last release_memory()"""
         self._broken: list[tuple[int, int]] = []
         """(first failed row, first item put after the failure was known): barriers between
         them are never answered"""
@@ -88,11 +94,12 @@ class JournalWriter:
         self._seq += 1
         self._batcher.put(_Item(row, done, session, self._seq))
 
-    def put_operation(self, operation: Operation) -> None:
+    def put_operation(self, operation: Operation, records: int = 1) -> None:
         """Queue work for the writer's next transaction, after the rows put before it (a ban's
-        record links the messages that caused it). Lost, and logged, if that write fails."""
+        record links the messages that caused it); `records`: how many store records it
+        writes. Lost, and logged, if that write fails."""
         self._seq += 1
-        self._batcher.put(_Item(None, None, 0, self._seq, operation))
+        self._batcher.put(_Item(None, None, 0, self._seq, operation, records))
 
     # -- on the writer thread ----------------------------------------------------------------
 
@@ -122,7 +129,12 @@ class JournalWriter:
 
     def _housekeeping(self, now: float, prune: bool) -> list[Note]:
         notes = self._guarded(self.journal.verify)
-        return notes + self._guarded(lambda: self.journal.prune(now)) if prune else notes
+        if prune:
+            notes += self._guarded(lambda: self.journal.prune(now))
+        if not now - TRIM_INTERVAL < self._trimmed_at <= now:
+            self._trimmed_at = now
+            release_memory()  # what the rows and bans took since, SQLite's and libnftables'
+        return notes
 
     # -- back on the event loop --------------------------------------------------------------
 
@@ -149,7 +161,7 @@ class JournalWriter:
         rows = sum(item.row is not None for item in batch)
         self.pending -= rows
         if not self._report(result, wrote=rows > 0):
-            lost = sum(item.operation is not None for item in batch)
+            lost = sum(item.records for item in batch if item.operation is not None)
             if lost:
                 log.error("ban_records_lost", records=lost,
                           hint="the bans are enforced; the store misses them until restart")

@@ -83,3 +83,34 @@ def test_a_version_1_journal_is_upgraded_in_place_and_keeps_its_rows(tmp_path):
     (row,) = j.replay(0)
     assert (row.raw, row.address) == (b"hi", "")
     assert bans.running(j.db, 0) == []
+
+
+def test_many_bans_recorded_at_once_are_stored_and_linked_as_one_by_one(tmp_path):
+    rows = [message(100 + i, address, f"{address} {i}") for i in range(30)
+            for address in (A, B, "2001:db8::1")]
+    new = [bans.NewBan(A, "k", "jail", 2, 120.0, 500.0, evidence_since=110.0),
+           bans.NewBan(B, "k", "escalation", 5, 125.0, 900.0, step=1, evidence_since=0.0),
+           bans.NewBan(A, "m", "manual", 0, 126.0, None, note="hand"),
+           bans.NewBan("2001:db8::1", "k", "jail", 40, 129.5, 600.0, evidence_since=50.0),
+           bans.NewBan(B, "j", "jail", 1, 300.0, 900.0, evidence_since=200.0)]
+    one, many = journal(tmp_path / "one"), journal(tmp_path / "many")
+    ids_one: list[int] = []
+    ids_many: list[int] = []
+    one.append(rows, [lambda db: ids_one.extend(bans.record_ban(db, b) for b in new)])
+    many.append(rows, [lambda db: bans.record_ban(db, new[0]),
+                       lambda db: ids_many.extend(bans.record_bans(db, new[1:]))])
+    assert ids_many == ids_one[1:] == [2, 3, 4, 5]
+    assert bans.since(many.db, 0) == bans.since(one.db, 0)
+    for ban_id in ids_one:
+        assert bans.evidence(many.db, ban_id) == bans.evidence(one.db, ban_id)
+    assert [len(bans.evidence(one.db, i)) for i in ids_one] == [2, 5, 0, 30, 0]
+
+
+def test_running_bans_started_before_a_time(tmp_path):
+    j = journal(tmp_path)
+    j.append([], [lambda db: bans.record_bans(db, [
+        bans.NewBan(A, "m", "manual", 0, 10, None), bans.NewBan(B, "k", "jail", 3, 50, 500),
+        bans.NewBan(B, "m", "manual", 0, 60, 70)])])
+    assert [r.started_at for r in bans.running(j.db, 65)] == [10, 50, 60]
+    assert [r.started_at for r in bans.running(j.db, 65, started_before=50)] == [10]
+    assert [r.started_at for r in bans.running(j.db, 80, started_before=61)] == [10, 50]

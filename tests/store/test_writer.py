@@ -53,3 +53,46 @@ def test_a_journal_deleted_while_running_is_recreated_with_its_rows_before_any_a
     raws = [r.raw for r in again.replay(0)]
     again.close()
     assert len(raws) == 401 and raws[-1] == b"after"  # the 400 acknowledged rows were salvaged
+
+
+def test_housekeeping_hands_freed_memory_back_at_most_every_trim_interval(tmp_path,
+                                                                          monkeypatch):
+    from bansink.memory import TRIM_INTERVAL, release_memory
+    from bansink.store import writer as module
+
+    assert release_memory() in (True, False)  # glibc's malloc_trim, or nothing to call
+    trims: list[float] = []
+    monkeypatch.setattr(module, "release_memory", lambda: trims.append(1) or True)
+
+    async def main():
+        writer = JournalWriter(Journal(tmp_path / "j.db", retention=600, max_rows=1000),
+                               interval=0.01, salvage_horizon=600)
+        await writer.open()
+        for now in (1000.0, 1001.0, 1000 + TRIM_INTERVAL - 0.5, 1000 + TRIM_INTERVAL, 5.0):
+            await writer.housekeeping(now, prune=now == 1001.0)
+        await writer.close()
+
+    asyncio.run(main())
+    assert len(trims) == 3  # the first time, TRIM_INTERVAL later, and after the clock went back
+
+
+def test_a_failed_write_counts_the_ban_records_it_lost(tmp_path):
+    import sqlite3
+
+    from structlog.testing import capture_logs
+
+    def full(db):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    async def main():
+        writer = JournalWriter(Journal(tmp_path / "j.db", retention=600, max_rows=1000),
+                               interval=0.01, salvage_horizon=600)
+        await writer.open()
+        with capture_logs() as logs:
+            writer.put_operation(full, records=3)  # a tick's bans, written together
+            writer.put_operation(lambda db: None)
+            await writer.close()
+        return logs
+
+    [lost] = [e for e in asyncio.run(main()) if e["event"] == "ban_records_lost"]
+    assert lost["records"] == 4
