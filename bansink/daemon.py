@@ -35,6 +35,7 @@ from .resends import ResendGuard
 from .restore import remove_strays, restore_bans
 from .store.journal import Journal, JournalRow
 from .store.writer import JournalWriter
+from .web.server import WebUI
 
 log = structlog.get_logger("bansink")
 
@@ -166,10 +167,15 @@ class Daemon:
             await replay_journal(self.journal, hub, findtime=config.longest_findtime,
                                  relp_dedupe=config.journal.relp_dedupe)
             await remove_strays(self.book)
-        if config.control.socket:
+        if config.control.socket or config.web.listen is not None:
+            page = WebUI(self.book, self.journal, config.web, stats=self.stats,
+                         settings=lambda: self.config,
+                         store=Path(config.journal.path) if self.journal is not None else None)
             try:
-                self.control = ControlServer(self.book, self.journal,
-                                             Path(config.control.socket), config.control.group)
+                self.control = ControlServer(
+                    self.book, self.journal,
+                    Path(config.control.socket) if config.control.socket else None,
+                    config.control.group, page=page)
                 await self.control.start()
             except ControlError as exc:
                 raise ListenError(str(exc)) from None
