@@ -110,6 +110,16 @@ def _when(wall: float | None) -> str:
     return datetime.fromtimestamp(wall, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _iso(text: str | None) -> str:
+    """explain.py's ISO times ("2026-11-22T09:20:41+00:00") as the page shows times."""
+    if not text:
+        return "—"
+    try:
+        return _when(datetime.fromisoformat(text).timestamp())
+    except ValueError:
+        return text
+
+
 def _span(seconds: float | None) -> str:
     """3725 -> '1h 2m'; None -> 'until lifted'."""
     if seconds is None or not math.isfinite(seconds):
@@ -155,7 +165,7 @@ class WebUI:
             loader=jinja2.FileSystemLoader(HERE / "templates"),
             autoescape=True,  # every template, whatever its name: nothing reaches HTML raw
             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-        self.env.filters.update(when=_when, span=_span)
+        self.env.filters.update(when=_when, span=_span, iso=_iso)
         self.env.globals.update(base=self.base, per_page=PER_PAGE)
 
     def _allowed_hosts(self) -> set[tuple[str, str]]:
@@ -328,7 +338,8 @@ class WebUI:
         h["Content-Security-Policy"] = CSP
         h["X-Frame-Options"] = "DENY"
         h["X-Content-Type-Options"] = "nosniff"
-        h["Referrer-Policy"] = "no-referrer"
+        # not no-referrer: with it a browser sends `Origin: null` on the page's own forms
+        h["Referrer-Policy"] = "same-origin"
         h["Cross-Origin-Opener-Policy"] = "same-origin"
         h["Cross-Origin-Resource-Policy"] = "same-origin"
         static = request.path.startswith("/static/")

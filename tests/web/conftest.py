@@ -4,6 +4,7 @@ control socket, a dry-run enforcer; and a plain HTTP client that logs in as a br
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import socket
 from collections.abc import Awaitable, Callable
@@ -114,3 +115,68 @@ def serve(tmp_path: Path, scenario: Callable[[Served], Awaitable[Any]], *,
 def run(tmp_path: Path) -> Callable[..., Any]:
     """`run(scenario, web={...}, extra_routes=[...], tls=(cert, key))`: see serve()."""
     return lambda scenario, **kw: serve(tmp_path, scenario, **kw)
+
+
+# -- a real daemon in the lab's namespaces, and Debian's chromium beside it -------------------
+
+WEB_PORT = 8742
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = Path(os.environ.get("BANSINK_SCREENSHOTS")
+                   or Path(__file__).resolve().parents[1] / "artifacts" / "screenshots")
+"""Where the browser tests leave a picture of each page ($BANSINK_SCREENSHOTS, else
+tests/artifacts/screenshots/, which git ignores)."""
+
+
+@dataclass
+class Browsing:
+    lab: Any
+    page: Any
+    """playwright.sync_api.Page, in the proxy's namespace"""
+    url: str
+    """http://127.0.0.1:8742 as seen from there"""
+
+    def shot(self, name: str) -> Path:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        path = SCREENSHOTS / f"{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        return path
+
+    def log_in(self) -> None:
+        self.page.goto(self.url + "/")
+        assert "/login" in self.page.url
+        self.page.fill("input[name=secret]", TOKEN)
+        self.page.click("form[action$='/login'] button[type=submit]")
+        self.page.wait_for_url(self.url + "/")
+
+
+@pytest.fixture
+def browsing(tmp_path: Path) -> Any:
+    """The lab (tests/lab.py) with `bansink run` serving the page on 127.0.0.1:8742 in the
+    proxy's namespace, and a headless chromium started in that namespace by Playwright
+    (never a browser of Playwright's own: PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD, executable_path)."""
+    if not CHROMIUM.exists():
+        pytest.fail("Debian's chromium is not installed: sh deploy/setup.sh --test")
+    os.environ["PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD"] = "1"
+    from playwright.sync_api import sync_playwright
+
+    from lab import config, make_lab
+    from support import Daemon
+
+    web = f'[web]\nlisten = "127.0.0.1:{WEB_PORT}"\ntoken = "{TOKEN}"\n'
+    with make_lab(tmp_path) as lab:
+        lab.daemon = Daemon(lab.proxy, config(maxretry=3, extra=web), lab.tmp)
+        wrapper = tmp_path / "chromium-in-namespace"
+        wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {lab.proxy.name} {CHROMIUM} "$@"\n')
+        wrapper.chmod(0o755)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=str(wrapper),
+                args=["--disable-gpu", "--disable-background-networking", "--no-first-run",
+                      "--disable-component-update", "--disable-sync",
+                      "--disable-dev-shm-usage"])
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 900})
+                page.set_default_timeout(10_000)
+                yield Browsing(lab, page, f"http://127.0.0.1:{WEB_PORT}")
+            finally:
+                browser.close()
