@@ -11,6 +11,7 @@ say of that ban (bench/web.py holds it to 300 ms at 100,000 bans).
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import sqlite3
 import time
@@ -18,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +140,20 @@ def _matcher(q: str) -> tuple[Callable[[Ban], bool] | None, str]:
 
 
 def ban_page(book: BanBook, query: BanQuery) -> BanPage:
-    """One page of the running bans, filtered and sorted as asked."""
+    """One page of the running bans, filtered and sorted as asked. The cyclic garbage
+    collector waits meanwhile: the lists made here hold no cycle, and with 100,000 bans alive
+    the collections their allocations set off cost as much as the sort (measured: 280 ms with,
+    165 ms without, on a loaded machine)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _ban_page(book, query)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _ban_page(book: BanBook, query: BanQuery) -> BanPage:
     mono, wall = asyncio.get_running_loop().time(), time.time()
     running = list(book.enforcer.running())
     total_running = len(running)
@@ -150,19 +165,16 @@ def ban_page(book: BanBook, query: BanQuery) -> BanPage:
     match, problem = _matcher(query.q)
     if match is not None:
         chosen = [(end, b) for end, b in chosen if match(b)]
-    keys: dict[str, Callable[[tuple[float, Ban]], Any]] = {
-        "left": lambda item: item[0],
-        "target": lambda item: _target_key(item[1].target),
-        "jail": lambda item: item[1].jail,
-        "origin": lambda item: item[1].origin.value,
-        "failures": lambda item: item[1].failures,
-        "since": _since_key(book),
-    }
-    # ties keep the default order (soonest end first, as `bansink bans` lists them): a stable
-    # sort by the end, then by the column asked for
-    ordered = sorted(chosen, key=keys["left"])
+    # by the end first (the default order, soonest first, as `bansink bans` lists them), then,
+    # stably, by the column asked for: ties keep the default order. Each column's keys are
+    # made in one comprehension and the pairs sorted on them (itemgetter: no Python call per
+    # comparison): 100,000 bans sort in tens of milliseconds
+    ordered = sorted(chosen, key=itemgetter(0))
     if query.sort != "left":
-        ordered.sort(key=keys[query.sort], reverse=query.descending)
+        column = _column(book, query.sort, ordered)
+        pairs = sorted(zip(column, ordered, strict=True), key=itemgetter(0),
+                       reverse=query.descending)
+        ordered = [item for _, item in pairs]
     elif query.descending:
         ordered.reverse()
     total = len(ordered)
@@ -176,29 +188,41 @@ def ban_page(book: BanBook, query: BanQuery) -> BanPage:
 _AMBIGUOUS = -1.0
 
 
-def _since_key(book: BanBook) -> Callable[[tuple[float, Ban]], float]:
-    """When each running ban started, for sorting. The book's entries are keyed by (jail,
-    target), and hashing an ipaddress object runs Python code (about 0.6 µs): with 100,000 bans
-    that alone costs more than the page may. A ban the book decided holds the very target
-    object its entry is keyed by, so entries are found by the object's identity (an integer)
-    first, and by equality only when that misses or is ambiguous (a ban restored at start, one
-    target in two jails)."""
+def _column(book: BanBook, sort: str, bans: list[tuple[float, Ban]]) -> list[Any]:
+    """The sort keys of `bans` for a column of the list."""
+    if sort == "target":
+        return [_target_key(ban.target) for _, ban in bans]
+    if sort == "jail":
+        return [ban.jail for _, ban in bans]
+    if sort == "origin":
+        return [ban.origin for _, ban in bans]  # a StrEnum: sorts as its text
+    if sort == "failures":
+        return [ban.failures for _, ban in bans]
+    return _since(book, bans)
+
+
+def _since(book: BanBook, bans: list[tuple[float, Ban]]) -> list[float]:
+    """When each ban started (0: not known). The book's entries are keyed by (jail, target),
+    and hashing an ipaddress object runs Python code (about 0.6 µs): with 100,000 bans that
+    alone costs more than the page may. A ban the book decided holds the very target object its
+    entry is keyed by, so entries are found by the object's identity (an integer) first, and
+    by equality only where that misses or is ambiguous (a ban restored at start, one target in
+    two jails)."""
     entries = book.entries
     by_identity: dict[int, float] = {}
     for (_, target), entry in entries.items():
         key = id(target)
         by_identity[key] = _AMBIGUOUS if key in by_identity else entry.started_at
     found = by_identity.get
-
-    def since(item: tuple[float, Ban]) -> float:
-        ban = item[1]
-        started = found(id(ban.target), _AMBIGUOUS)
-        if started == _AMBIGUOUS:
-            entry = entries.get((ban.jail, ban.target))
-            started = entry.started_at if entry is not None else 0.0
+    started = [found(id(ban.target), _AMBIGUOUS) for _, ban in bans]
+    if _AMBIGUOUS not in started:  # (a scan in C)
         return started
-
-    return since
+    for i, value in enumerate(started):
+        if value == _AMBIGUOUS:
+            ban = bans[i][1]
+            held = entries.get((ban.jail, ban.target))
+            started[i] = held.started_at if held is not None else 0.0
+    return started
 
 
 def _row(book: BanBook, end: float, ban: Ban, mono: float, wall: float) -> RunningBan:
