@@ -552,9 +552,10 @@ class WebUI:
         form = await request.post()
         session = request[SESSION]
         try:
-            session.flash.append(("ok", action(form)))
+            said = ("ok", action(form))
         except AdminError as exc:
-            session.flash.append(("error", str(exc)))
+            said = ("error", str(exc))
+        session.flash = [*session.flash[-4:], said]  # a client that never looks: bounded
         return self._back(form)
 
     async def _ban(self, request: web.Request) -> web.StreamResponse:

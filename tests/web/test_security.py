@@ -384,3 +384,34 @@ def test_a_network_facing_listen_without_tls_and_a_credential_is_refused_at_star
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith(f"bansink: bad config: {config}: web: ")
     assert words in lines[0]
+
+
+def test_behind_a_proxy_on_a_sub_path(run):
+    """nginx strips /bansink; the page's links, redirects and cookie carry it."""
+    async def scenario(s):
+        async with s.client() as http:
+            async with http.get(s.base + "/bans", allow_redirects=False) as r:
+                to_login = r.headers["Location"]
+            async with http.get(s.base + "/login") as r:
+                token = s.csrf_of(await r.text())
+                nonce = r.headers["Set-Cookie"].split(";")[0]  # Secure: sent by hand
+            async with http.post(s.base + "/login", allow_redirects=False,
+                                 headers={"Host": "mail.example.org", "Cookie": nonce,
+                                          "Origin": "https://mail.example.org"},
+                                 data={"csrf": token, "secret": s.token, "next": "/jails"}) as r:
+                logged = r.status, r.headers["Location"], r.headers.getall("Set-Cookie")
+            sid = next(c for c in logged[2] if c.startswith("bansink_session="))
+            async with http.get(s.base + "/jails", headers={  # (Secure: the jar keeps it back)
+                    "Host": "mail.example.org", "Cookie": sid.split(";")[0]}) as r:
+                html = await r.text()
+        return to_login, logged, html
+
+    to_login, (status, where, cookies), html = run(
+        scenario, web={"base_path": "/bansink", "trusted_hosts": ["mail.example.org"],
+                       "secure_cookie": True})
+    assert to_login == "/bansink/login?next=/bans"
+    assert (status, where) == (303, "/bansink/jails")
+    session = next(c for c in cookies if c.startswith("bansink_session="))
+    assert "Path=/bansink/" in session and "Secure" in session
+    assert 'href="/bansink/static/style.css"' in html and 'href="/bansink/bans"' in html
+    assert 'action="/bansink/logout"' in html
