@@ -415,3 +415,19 @@ def test_behind_a_proxy_on_a_sub_path(run):
     assert "Path=/bansink/" in session and "Secure" in session
     assert 'href="/bansink/static/style.css"' in html and 'href="/bansink/bans"' in html
     assert 'action="/bansink/logout"' in html
+
+
+def test_hash_password_prints_a_hash_the_config_takes(tmp_path):
+    done = subprocess.run([str(BIN / "bansink"), "hash-password"], input="a long passphrase\n",
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    hashed = done.stdout.strip()
+    assert hashed.startswith("scrypt$16384$8$1$") and verify_password("a long passphrase", hashed)
+    config = tmp_path / "bansink.toml"
+    config.write_text(f'[web]\nlisten = "127.0.0.1:8742"\npassword_hash = "{hashed}"\n')
+    checked = subprocess.run([str(BIN / "bansink"), "check-config", str(config)],
+                             capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr
+    short = subprocess.run([str(BIN / "bansink"), "hash-password"], input="short\n",
+                           capture_output=True, text=True, timeout=30)
+    assert short.returncode == 2 and "at least 10 characters" in short.stderr
