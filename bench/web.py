@@ -10,8 +10,9 @@ a journal in a temporary directory, the bans decided through BanBook.ban() as a 
 (two jails, varied bantimes, some escalated, 1 % manual bans of /24 networks); the page served
 by ControlServer + WebUI on 127.0.0.1 exactly as the daemon serves it, logged in with a token;
 each view fetched by an aiohttp client in the same event loop, timed from the request to the
-last byte of the response. Prints one JSON line per view (best, median, worst in ms, the page's
-size) and a table against the target.
+last byte of the response, while a 1 ms timer measures how long the event loop (which also
+takes the messages and decides the bans) was kept waiting. Prints one JSON line per view (best,
+median, worst in ms, the longest stall, the page's size) and a table against the target.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import io
 import ipaddress
 import json
@@ -37,6 +39,7 @@ from bansink.actions.dryrun import DryRunBackend
 from bansink.bans import BanBook
 from bansink.config import parse_config
 from bansink.control import ControlServer
+from bansink.daemon import SWITCH_INTERVAL
 from bansink.enforcer import Enforcer
 from bansink.engine.decisions import Ban, Origin
 from bansink.jails import build_pipeline
@@ -88,8 +91,21 @@ async def _fill(book: BanBook, count: int) -> None:
         await asyncio.sleep(0.05)
 
 
+async def _ticker(stalls: list[float], stop: asyncio.Event) -> None:
+    """How late a 1 ms timer fires while pages are built: what a message or a ban would wait
+    for the event loop."""
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        before = loop.time()
+        await asyncio.sleep(0.001)
+        stalls.append((loop.time() - before - 0.001) * 1000)
+
+
 async def _measure(url: str, http: aiohttp.ClientSession, rounds: int) -> dict[str, object]:
     times, size = [], 0
+    stalls: list[float] = []
+    stop = asyncio.Event()
+    ticker = asyncio.create_task(_ticker(stalls, stop))
     for _ in range(rounds):
         started = time.perf_counter()
         async with http.get(url) as response:
@@ -97,8 +113,11 @@ async def _measure(url: str, http: aiohttp.ClientSession, rounds: int) -> dict[s
             assert response.status == 200, (url, response.status)
         times.append((time.perf_counter() - started) * 1000)
         size = len(body)
+    stop.set()
+    await ticker
     return {"best_ms": round(min(times), 1), "median_ms": round(statistics.median(times), 1),
-            "worst_ms": round(max(times), 1), "bytes": size, "rounds": rounds}
+            "worst_ms": round(max(times), 1), "loop_stall_max_ms": round(max(stalls), 1),
+            "bytes": size, "rounds": rounds}
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -118,6 +137,11 @@ async def main(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         await _fill(book, args.count)
         filled = time.perf_counter() - started
+        # the daemon's run-time settings (Daemon.start): start-up objects frozen, the young
+        # generation collected less often, the GIL handed over every millisecond
+        gc.freeze()
+        gc.set_threshold(100_000, 50, 100)
+        sys.setswitchinterval(SWITCH_INTERVAL)
         page = WebUI(book, journal, config.web, settings=lambda: config,
                      store=Path(tmp) / "journal.db")
         server = ControlServer(book, journal, None, page=page)
@@ -154,13 +178,14 @@ async def main(args: argparse.Namespace) -> int:
             await journal.close()
     print(f"\n{args.count:,} running bans (filled in {filled:.1f} s); each view "
           f"{args.rounds} times, client wall time to the last byte over loopback")
-    print(f"{'view':40} {'best':>8} {'median':>8} {'worst':>8}  target {TARGET_MS:.0f} ms")
+    print(f"{'view':40} {'best':>8} {'median':>8} {'worst':>8} {'stall':>7}  "
+          f"target {TARGET_MS:.0f} ms (stall: the event loop's longest wait)")
     missed = False
     for name, r in results.items():
         ok = float(r["median_ms"]) <= TARGET_MS  # type: ignore[arg-type]
         missed |= not ok
-        print(f"{name:40} {r['best_ms']:>8} {r['median_ms']:>8} {r['worst_ms']:>8}  "
-              f"{'met' if ok else 'MISSED'}")
+        print(f"{name:40} {r['best_ms']:>8} {r['median_ms']:>8} {r['worst_ms']:>8} "
+              f"{r['loop_stall_max_ms']:>7}  {'met' if ok else 'MISSED'}")
         if args.profile:
             print(r["profile"])
     return 1 if missed and args.strict else 0

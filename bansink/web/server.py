@@ -414,7 +414,7 @@ class WebUI:
 
     async def _bans(self, request: web.Request) -> web.Response:
         query = BanQuery.parse(request.query)
-        page = ban_page(self.book, query)
+        page = await ban_page(self.book, query)
         jails = [j.settings.name for j in self.book.pipeline.jails]
         return self._render(request, "bans.html", nav="bans", result=page, query=query,
                             jails=[*jails, "manual"], origins=["jail", "escalation", "manual"],

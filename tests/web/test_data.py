@@ -35,7 +35,7 @@ def with_book(scenario):
         book.manual_ban(ip_address("192.0.2.77"), "dovecot", 60.0, "by hand")
         await asyncio.sleep(0.05)
         try:
-            return scenario(book)
+            return await scenario(book)
         finally:
             await enforcer.close()
 
@@ -47,8 +47,8 @@ def targets(page) -> list[str]:
 
 
 def test_the_default_page_is_what_the_book_says():
-    def scenario(book):
-        return ban_page(book, BanQuery(per=25)), book.running()
+    async def scenario(book):
+        return await ban_page(book, BanQuery(per=25)), book.running()
 
     page, running = with_book(scenario)
     stable = [(r.target, r.jail, r.origin, r.failures, r.started_at, r.note) for r in running]
@@ -61,21 +61,21 @@ def test_the_default_page_is_what_the_book_says():
 
 
 def test_orders_filters_and_pages():
-    def scenario(book):
+    async def scenario(book):
         q = BanQuery
         return {
-            "target": targets(ban_page(book, q(sort="target"))),
-            "target desc": targets(ban_page(book, q(sort="target", descending=True))),
-            "failures desc": [r.failures for r in ban_page(book, q(sort="failures",
-                                                                      descending=True)).rows],
-            "since": [r.started_at for r in ban_page(book, q(sort="since")).rows],
-            "network": targets(ban_page(book, q(q="203.0.113.0/25"))),
-            "address": targets(ban_page(book, q(q="203.0.113.10"))),
-            "part": targets(ban_page(book, q(q="113.1"))),
-            "jail": {r.jail for r in ban_page(book, q(jail="dovecot")).rows},
-            "origin": targets(ban_page(book, q(origin="manual", sort="target"))),
-            "past the end": ban_page(book, q(per=25, page=99)).page,
-            "bad text": ban_page(book, q(q="<script>")).problem,
+            "target": targets(await ban_page(book, q(sort="target"))),
+            "target desc": targets(await ban_page(book, q(sort="target", descending=True))),
+            "failures desc": [r.failures for r in (await ban_page(book, q(
+                sort="failures", descending=True))).rows],
+            "since": [r.started_at for r in (await ban_page(book, q(sort="since"))).rows],
+            "network": targets(await ban_page(book, q(q="203.0.113.0/25"))),
+            "address": targets(await ban_page(book, q(q="203.0.113.10"))),
+            "part": targets(await ban_page(book, q(q="113.1"))),
+            "jail": {r.jail for r in (await ban_page(book, q(jail="dovecot"))).rows},
+            "origin": targets(await ban_page(book, q(origin="manual", sort="target"))),
+            "past the end": (await ban_page(book, q(per=25, page=99))).page,
+            "bad text": (await ban_page(book, q(q="<script>"))).problem,
             "running": book.running(),
         }
 
@@ -97,8 +97,8 @@ def test_orders_filters_and_pages():
 def test_pages_split_the_list_in_order(monkeypatch):
     monkeypatch.setattr("bansink.web.data.PER_PAGE", (3, 25))
 
-    def scenario(book):
-        pages = [ban_page(book, BanQuery(per=3, page=n)) for n in (1, 2, 3, 4)]
+    async def scenario(book):
+        pages = [await ban_page(book, BanQuery(per=3, page=n)) for n in (1, 2, 3, 4)]
         return [(targets(p), p.page, p.pages) for p in pages], \
             [b.target for b in book.running()]
 
@@ -139,3 +139,28 @@ def test_the_overview_numbers_from_the_store(tmp_path):
     assert dict(o["top_prefixes"]) == {"203.0.113.0/24": 3, "2001:db8::/64": 1}
     assert sorted(o["senders"]) == [("192.0.2.2", "tcp", 2), ("192.0.2.3", "relp", 2)]
     assert prefix_of("198.51.100.1") == "198.51.100.0/24"
+
+
+def test_since_finds_a_ban_whose_target_is_in_two_jails_or_not_the_same_object():
+    async def scenario(book):
+        loop = asyncio.get_running_loop()
+        now = time.time()
+        shared = ip_address("198.51.100.99")
+        for jail, ago in (("roundcube", 500), ("dovecot", 50)):
+            book.ban(Ban(target=shared, origin=Origin.JAIL, jail=jail, failures=3,
+                         bantime=900.0, decided_at=loop.time()), started_at=now - ago)
+        await asyncio.sleep(0.05)
+        # a ban restored at start holds an equal target, not the entry's own object
+        (jail, target), entry = next((k, e) for k, e in book.entries.items()
+                                     if str(k[1]) == "10.0.0.1")
+        del book.entries[(jail, target)]
+        book.entries[(jail, ip_address("10.0.0.1"))] = entry
+        page = await ban_page(book, BanQuery(sort="since"))
+        return {(r.target, r.jail): r.started_at for r in page.rows}, \
+            [r.started_at for r in page.rows], now, entry.started_at
+
+    found, order, now, restored = with_book(scenario)
+    assert found[("198.51.100.99", "roundcube")] == now - 500
+    assert found[("198.51.100.99", "dovecot")] == now - 50
+    assert found[("10.0.0.1", "dovecot")] == restored
+    assert order == sorted(order)
