@@ -1,5 +1,6 @@
-"""`bansink run | check-config | test | nft remove`, and the admin's commands to the running
-daemon: `status | bans | allows | ban | unban | allow | disallow | history | explain`."""
+"""`bansink run | check-config | test | nft remove | hash-password`, and the admin's commands to
+the running daemon: `status | bans | allows | ban | unban | allow | disallow | history |
+explain`."""
 
 from __future__ import annotations
 
@@ -137,6 +138,25 @@ def _nft_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hash_password(args: argparse.Namespace) -> int:
+    """Print the scrypt hash of a password for `web.password_hash`: asked twice on a terminal,
+    else read as the first line of standard input."""
+    from .web.auth import hash_password
+
+    if sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("Password for the web page: ")
+        if getpass.getpass("Again: ") != password:
+            return _fail("the two passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 10:
+        return _fail("use a password of at least 10 characters", 2)
+    print(hash_password(password))
+    return 0
+
+
 def _admin(args: argparse.Namespace) -> int:
     socket = args.socket or _config(args.config).control.socket
     if not socket:
@@ -182,6 +202,11 @@ def parser() -> argparse.ArgumentParser:
     remove = nft_sub.add_parser("remove", help="delete bansink's own table and its bans")
     remove.add_argument("--config", type=Path)
     remove.set_defaults(func=_nft_remove)
+    hashing = sub.add_parser("hash-password",
+                             help="print the hash of a password for the config's "
+                                  "web.password_hash (asked on a terminal, else read from "
+                                  "standard input)")
+    hashing.set_defaults(func=_hash_password)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="the API's JSON, for scripts")
     common.add_argument("--socket", help="the control socket (default: control.socket of the "

@@ -618,6 +618,121 @@ class NotifyConfig(_Section):
         return bool(self.webhook.url or self.mail.to)
 
 
+def _optional_listen(value: Any) -> tuple[str, int] | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return _listen(value)
+
+
+_HOST = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}"
+                   r"[a-z0-9])?")
+
+
+def _host_name(value: Any) -> str:
+    """A Host header's value the page answers to: a name or an IP literal (IPv6 in brackets),
+    optionally with :port; lower case."""
+    if not isinstance(value, str):
+        raise ValueError("expected a host name such as 'mail.example.org' or "
+                         "'mail.example.org:443'")
+    text = value.strip().lower()
+    m = re.fullmatch(r"\[([0-9a-f:.]+)\](?::(\d{1,5}))?|([^:\[\]]+)(?::(\d{1,5}))?", text)
+    ok = m is not None
+    if m is not None and m.group(1) is not None:
+        try:
+            ok = ipaddress.ip_address(m.group(1)).version == 6
+        except ValueError:
+            ok = False
+    elif m is not None:
+        ok = _HOST.fullmatch(m.group(3)) is not None
+    port = m and (m.group(2) or m.group(4))
+    if not ok or (port and not 0 < int(port) < 65536):
+        raise ValueError(f"{value!r} is not a host name or address, optionally with :port")
+    return text
+
+
+def _url_path(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", value) \
+            or "/../" in value + "/" or "/./" in value + "/":
+        raise ValueError(f"{value!r} is not a path such as '/metrics' (no trailing slash)")
+    return value
+
+
+HostName = Annotated[str, BeforeValidator(_host_name)]
+UrlPath = Annotated[str, BeforeValidator(_url_path)]
+
+
+class WebConfig(_Section):
+    """`[web]`: the admin's web page (bansink/web/). It is always served on the control socket
+    (peer credentials); `listen` also serves it over TCP, behind a login."""
+
+    listen: Annotated[tuple[str, int] | None, BeforeValidator(_optional_listen)] = None
+    """'127.0.0.1:8742' or '[::1]:8742'; "" (the default): not on the network. A non-loopback
+    address needs tls_certificate, tls_key and a credential (password_hash or token)."""
+    tls_certificate: FileName = ""
+    """PEM certificate (and chain) to serve the page over HTTPS."""
+    tls_key: FileName = ""
+    password_hash: str = ""
+    """From `bansink hash-password` (scrypt); the password itself is never stored."""
+    token: str = Field("", max_length=256)
+    """A long random secret (`openssl rand -base64 32`) that logs in like a password, and is
+    also accepted as `Authorization: Bearer TOKEN` for the open paths."""
+    base_path: str = ""
+    """The path prefix a reverse proxy serves the page under ("/bansink"), for the page's
+    links, redirects and cookie; the proxy strips it (README, "The web page")."""
+    trusted_hosts: list[HostName] = []
+    """Host header values accepted besides the listen address itself (and localhost on a
+    loopback listen): the names a browser uses to reach the page, e.g. through nginx."""
+    open_paths: list[UrlPath] = ["/metrics"]
+    """Paths served without a login (never the page's own): on the control socket, to clients
+    connecting from a loopback address that no proxy stands in front of, and to anyone with
+    `Authorization: Bearer <token>` (README, "The web page")."""
+    secure_cookie: bool = Field(False, strict=True)
+    """Mark the session cookie Secure even without tls_certificate: set it when a proxy
+    serves the page over HTTPS (with TLS here, the cookie is always Secure)."""
+
+    @field_validator("password_hash")
+    @classmethod
+    def _hash_is_ours(cls, value: str) -> str:
+        from .web.auth import check_hash_format
+
+        return check_hash_format(value) if value else value
+
+    @field_validator("token")
+    @classmethod
+    def _token_is_long(cls, value: str) -> str:
+        if value and (len(value) < 16 or not re.fullmatch(r"[\x21-\x7e]+", value)):
+            raise ValueError("use at least 16 printable characters without spaces (e.g. "
+                             "`openssl rand -base64 32`)")
+        return value
+
+    @field_validator("base_path")
+    @classmethod
+    def _base_is_a_path(cls, value: str) -> str:
+        return _url_path(value) if value else value
+
+    @model_validator(mode="after")
+    def _safe_to_listen(self) -> WebConfig:
+        if bool(self.tls_certificate) != bool(self.tls_key):
+            raise ValueError("tls_certificate and tls_key go together")
+        if self.listen is None:
+            return self
+        host, port = self.listen
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        credential = bool(self.password_hash or self.token)
+        if not ipaddress.ip_address(host).is_loopback:
+            missing = [what for what, there in (
+                ("TLS (tls_certificate, tls_key)", self.tls_certificate),
+                ("a credential (password_hash or token)", credential)) if not there]
+            if missing:
+                raise ValueError(f"listen {where} is reachable from the network: it needs "
+                                 f"{' and '.join(missing)}, or listen on 127.0.0.1 behind a "
+                                 f"proxy")
+        elif not credential:
+            raise ValueError(f"listen {where} needs a credential (password_hash from `bansink "
+                             f"hash-password`, or token): without one nobody can log in")
+        return self
+
+
 class LogConfig(_Section):
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -636,6 +751,7 @@ class Config(_Section):
     control: ControlConfig = ControlConfig()
     metrics: MetricsConfig = MetricsConfig()
     notify: NotifyConfig = NotifyConfig()
+    web: WebConfig = WebConfig()
     log: LogConfig = LogConfig()
 
     @model_validator(mode="after")

@@ -16,6 +16,11 @@ Requests:
     POST /v1/disallow  {"target": A|CIDR}
     GET  /metrics      Prometheus metrics (bansink/metrics.py)
 A refused request answers 400 with {"error": "…"}.
+
+The admin's web page (bansink/web/) is served by this same application: on this socket (the
+peer's credentials are its login) and, with `web.listen`, over TCP behind a login. The JSON API
+(/v1/…) stays on the socket only, and refuses requests made by a browser (an Origin or
+Sec-Fetch-Site header): a page elsewhere cannot reach it through a tunnelled socket.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from .config import parse_duration
 from .explain import explain, history
 from .metrics import Metrics, add_routes
 from .store.writer import JournalWriter
+from .web.server import PEER_UID, WebError, WebUI
 
 log = structlog.get_logger("bansink")
 
@@ -58,6 +64,11 @@ def _peer(request: web.Request) -> tuple[int, int, int]:
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", raw)
     return pid, uid, gid
+
+
+def _unix(request: web.Request) -> bool:
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    return sock is not None and sock.family == socket.AF_UNIX
 
 
 def _member(uid: int, gid: int, group: grp.struct_group | None) -> bool:
@@ -135,9 +146,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class ControlServer:
-    def __init__(self, book: BanBook, journal: JournalWriter | None, path: Path,
-                 group: str = "", metrics: Metrics | None = None) -> None:
+    def __init__(self, book: BanBook, journal: JournalWriter | None, path: Path | None,
+                 group: str = "", page: WebUI | None = None,
+                 metrics: Metrics | None = None) -> None:
+        """`path` None: no socket (the page on web.listen only); `page`: the admin's web page,
+        mounted on the same application; `metrics`: GET /metrics."""
         self.book, self.journal, self.path = book, journal, path
+        self.web = page
         self.metrics = metrics
         self.group: grp.struct_group | None = None
         if group:
@@ -164,15 +179,30 @@ class ControlServer:
         ])
         if self.metrics is not None:
             add_routes(app, self.metrics)  # GET /metrics
+        if self.web is not None:
+            self.web.mount(app)
         return app
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        pid, uid, gid = _peer(request)
-        if not _member(uid, gid, self.group):
-            self.refused += 1
-            log.warning("control_refused", pid=pid, uid=uid, gid=gid)
-            return web.json_response({"error": "permission denied"}, status=403)
+        unix = _unix(request)
+        if unix:
+            pid, uid, gid = _peer(request)
+            if not _member(uid, gid, self.group):
+                self.refused += 1
+                log.warning("control_refused", pid=pid, uid=uid, gid=gid)
+                return web.json_response({"error": "permission denied"}, status=403)
+            request[PEER_UID] = uid
+        api = request.path == "/v1" or request.path.startswith("/v1/")
+        if self.web is not None and not api:
+            return await handler(request)  # the page's own gate (bansink/web/server.py)
+        if not unix:
+            return web.json_response({"error": "the control API is served on the control "
+                                               "socket only"}, status=404)
+        if "Origin" in request.headers or "Sec-Fetch-Site" in request.headers:
+            log.warning("control_refused", reason="browser", uid=request[PEER_UID])
+            return web.json_response({"error": "a request made by a browser is refused: "
+                                               "use the web page"}, status=403)
         try:
             return await handler(request)
         except AdminError as exc:
@@ -249,26 +279,42 @@ class ControlServer:
         return web.json_response({"disallowed": str(target)})
 
     async def start(self) -> None:
-        self._prepare()
+        if self.path is not None:
+            self._prepare()
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.UnixSite(runner, str(self.path))
+        try:
+            if self.path is not None:
+                await self._listen(runner, self.path)
+            if self.web is not None:
+                await self.web.start_site(runner)
+        except WebError as exc:
+            await runner.cleanup()
+            if self.path is not None:
+                self.path.unlink(missing_ok=True)
+            raise ControlError(str(exc)) from None
+        except ControlError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+
+    async def _listen(self, runner: web.AppRunner, path: Path) -> None:
+        site = web.UnixSite(runner, str(path))
         try:
             await site.start()
         except OSError as exc:
-            await runner.cleanup()
-            raise ControlError(f"control.socket: cannot listen on {self.path}: "
+            raise ControlError(f"control.socket: cannot listen on {path}: "
                                f"{exc.strerror or exc}") from None
-        self._runner = runner
-        os.chmod(self.path, 0o660 if self.group is not None else 0o600)
-        if self.group is not None and self.path.stat().st_gid != self.group.gr_gid:
-            os.chown(self.path, -1, self.group.gr_gid)  # (the unit's own group needs none)
-        log.info("control_listening", socket=str(self.path),
+        os.chmod(path, 0o660 if self.group is not None else 0o600)
+        if self.group is not None and path.stat().st_gid != self.group.gr_gid:
+            os.chown(path, -1, self.group.gr_gid)  # (the unit's own group needs none)
+        log.info("control_listening", socket=str(path),
                  group=self.group.gr_name if self.group else None)
 
     def _prepare(self) -> None:
         """A private directory for the socket; a stale socket from a crash is removed, a live
         one (another bansink) refused."""
+        assert self.path is not None
         directory = self.path.parent
         try:
             if not directory.exists():
@@ -300,4 +346,5 @@ class ControlServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-            self.path.unlink(missing_ok=True)
+            if self.path is not None:
+                self.path.unlink(missing_ok=True)

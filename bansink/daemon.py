@@ -33,6 +33,7 @@ from .resends import ResendGuard
 from .restore import remove_strays, restore_bans
 from .store.journal import Journal, JournalRow
 from .store.writer import JournalWriter
+from .web.server import WebUI
 
 log = structlog.get_logger("bansink")
 
@@ -147,11 +148,15 @@ class Daemon:
         if self.notifier is not None:
             self.book.on_ban.append(self.notifier.on_ban)
             await self.notifier.start()
-        if config.control.socket:
+        if config.control.socket or config.web.listen is not None:
+            page = WebUI(self.book, self.journal, config.web, stats=self.stats,
+                         settings=lambda: self.config,
+                         store=Path(config.journal.path) if self.journal is not None else None)
             try:
-                self.control = ControlServer(self.book, self.journal,
-                                             Path(config.control.socket), config.control.group,
-                                             metrics=self.metrics)
+                self.control = ControlServer(
+                    self.book, self.journal,
+                    Path(config.control.socket) if config.control.socket else None,
+                    config.control.group, page=page, metrics=self.metrics)
                 await self.control.start()
             except ControlError as exc:
                 raise ListenError(str(exc)) from None

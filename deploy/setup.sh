@@ -7,8 +7,10 @@ test "$(id -u)" = 0 || { echo "setup.sh: run as root (apt-get and nftables need 
 packages="nftables python3-nftables python3-venv python3-pip iproute2"
 extras=""
 if [ "${1:-}" = "--test" ]; then
-    # strace and systemd (systemd-analyze): the least-privilege tests check the unit with them
+    # strace and systemd (systemd-analyze): the least-privilege tests check the unit with them;
+    # chromium: the web page's browser tests (tests/web/) drive Debian's build with Playwright
     packages="$packages rsyslog rsyslog-relp rsyslog-openssl bsdutils openssl strace systemd"
+    packages="$packages chromium"
     extras="[test]"
 fi
 missing=""
@@ -30,7 +32,8 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import nftables' 2>/dev/n
     rm -rf .venv
     /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check -e ".$extras"
+# Playwright (a test extra) must never fetch a browser of its own: Debian's chromium is used
+PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 .venv/bin/pip install -q --disable-pip-version-check -e ".$extras"
 if [ "${1:-}" = "--test" ] && [ ! -f .cache/fail2ban/etc/fail2ban/filter.d/common.conf ]; then
     # fail2ban's stock filters and their sample logs are the filter tests' truth set. Unpacked,
     # not installed: installing would start fail2ban and have it change this host's firewall.
