@@ -150,10 +150,6 @@ def parse_element(value: Any) -> Target | None:
 _Change = tuple[JailScope | None, Target, Ban | None, str]
 
 
-FRESH_ELEMENTS = 1_000_000
-"""At most this many elements are remembered per freshly created set (NftablesSet._fresh)."""
-
-
 class NftablesError(Exception):
     pass
 
@@ -234,11 +230,6 @@ class NftablesSet:
         self._created: set[str] = set()
         """ban sets this backend created since the last remove_strays(): they hold nothing
         bansink did not put there, so that needs no listing of them"""
-        self._fresh: dict[str, set[str]] = {}
-        """ban sets created by setup() since the last remove_strays() -> the elements added to
-        them since: a ban of any other element is a plain add (it cannot be there, so neither
-        the placeholder nor the delete is needed: half the kernel's work when the start puts
-        100,000 bans back into re-created sets)"""
 
     def configure(self, layout: Layout) -> None:
         """Take another layout (a reload); the next setup() applies it to the table."""
@@ -382,9 +373,8 @@ class NftablesSet:
             have = self._inventory()
             try:
                 self._run(self._setup_commands(have))
-                created = {name for name, *_ in self._ban_sets() if name not in have.sets}
-                self._created |= created
-                self._fresh.update((name, set()) for name in created)
+                self._created |= {name for name, *_ in self._ban_sets()
+                                  if name not in have.sets}
             except NftablesError as exc:
                 raise NftablesError(
                     f"cannot create table {self.family} {self.table} ({exc}); if it was made by "
@@ -535,7 +525,6 @@ class NftablesSet:
         (a table made at start: the restored bans were just added) are not listed."""
         with self._lock:
             fresh, self._created = self._created, set()
-            self._fresh.clear()
         listed = self.elements(skip=fresh)
         if not listed:
             return []
@@ -622,15 +611,7 @@ class NftablesSet:
                 except NftablesError:
                     pass  # no set (yet): nothing to delete; the commit re-creates the table
             gone = [(t, v) for t, v, ban in mine if ban is None]
-            banned = [(t, v) for t, v, ban in mine if ban is not None]
-            added = self._fresh.get(name)
-            if added is not None:
-                if gone or len(added) + len(banned) > FRESH_ELEMENTS:
-                    del self._fresh[name]  # back to the general way
-                else:
-                    banned = [(t, v) for t, v in banned if v in added]  # a repeat: delete, add
-                    added.update(v for _, v, _ in mine)
-            for touched in (gone, banned):
+            for touched in (gone, [(t, v) for t, v, ban in mine if ban is not None]):
                 values = [v for t, v in touched if not intervals or t in present]
                 if values and not intervals:
                     commands.append(f"add element {where} {name} "

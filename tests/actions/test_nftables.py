@@ -417,26 +417,3 @@ def test_strays_are_looked_for_in_the_sets_that_were_there_before_start(ns: Netn
         ("ban4", "198.51.100.77"), ("ban4", "203.0.113.8")]
     assert set(ns.set_elements()) == {"203.0.113.7"} and set(ns.set_elements(name="ban6")) == {
         "2001:db8::7"}
-
-
-def test_a_set_created_at_start_takes_new_bans_as_plain_adds_until_the_strays_are_checked(
-        ns: Netns, monkeypatch):
-    backend = setup(ns)
-    sent: list[str] = []
-    run = backend._run_text
-    monkeypatch.setattr(backend, "_run_text", lambda text: (sent.append(text), run(text))[1])
-    backend.add(ban("203.0.113.7", 300))
-    assert ns.in_namespace(backend.commit).ok
-    assert "delete" not in sent[-1]  # the set was just created: it cannot hold the element
-    backend.add(ban("203.0.113.7", 900))  # a repeat: delete + add, so the timeout is renewed
-    backend.add(ban("203.0.113.8", 900))
-    assert ns.in_namespace(backend.commit).ok
-    (deleted,) = [line for line in sent[-1].splitlines() if line.startswith("delete")]
-    assert deleted == "delete element inet bansink ban4 { 203.0.113.7 }"
-    assert {ip: e["timeout"] for ip, e in ns.set_elements().items()} == {
-        "203.0.113.7": 900, "203.0.113.8": 900}
-    ns.in_namespace(backend.remove_strays, {("roundcube", ip_address("203.0.113.7")),
-                                            ("roundcube", ip_address("203.0.113.8"))})
-    backend.add(ban("203.0.113.9", 900))
-    assert ns.in_namespace(backend.commit).ok
-    assert "delete element" in sent[-1]  # the start is over: every ban the general way
