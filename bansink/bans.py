@@ -35,7 +35,7 @@ from bansink.engine.decisions import MANUAL_JAIL, Ban, Origin, Target
 from bansink.engine.escalation import BanRecord, ban_count, ban_time
 from bansink.engine.jail import Jail
 from bansink.engine.pipeline import SecurityPipeline
-from bansink.engine.prefixes import PrefixWatch, inside
+from bansink.engine.prefixes import PrefixWatch, ban_target, inside
 
 from .enforcer import Enforcer
 from .store import bans as store
@@ -298,8 +298,8 @@ class BanBook:
         was not banned). Wider networks holding an address stay banned (`covering`)."""
         targets = [target]
         if not isinstance(target, IPv4Network | IPv6Network):
-            targets += [key for key in {jail.key_of(target) for jail in self.pipeline.jails}
-                        if key != target]
+            targets += [key for key in {ban_target(jail.key_of(target))
+                                        for jail in self.pipeline.jails} if key != target]
         ended = [ban for t in targets for ban in self.enforcer.lift(t, None, reason)]
         for ban in ended:
             self.entries.pop((ban.jail, ban.target), None)

@@ -20,7 +20,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from .addresses import IPAddress, IPNetwork, NetworkSet
 from .decisions import Ban, Origin, Target
 from .escalation import EscalationSettings
-from .prefixes import PrefixSettings, inside, prefix_of, split_prefixes
+from .prefixes import Prefix6, PrefixSettings, ban_target, inside, prefix_of, split_prefixes
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +152,7 @@ class Jail:
             if len(self._banned) > s.max_tracked:
                 self._banned.popitem(last=False)
             self.bans += 1
-            return Ban(target=ip, origin=Origin.JAIL, jail=s.name, failures=len(times),
+            return Ban(target=ban_target(ip), origin=Origin.JAIL, jail=s.name, failures=len(times),
                        bantime=s.bantime, decided_at=now)
         failures[ip] = times[0] if len(times) == 1 else times
         return None
@@ -172,7 +172,9 @@ class Jail:
 
     def _key(self, target: Target) -> Target:
         """What a ban's target (not a wider one) is counted under."""
-        return target if isinstance(target, IPv4Network | IPv6Network) else self.key_of(target)
+        if isinstance(target, IPv6Network):
+            return Prefix6(int(target.network_address), target.prefixlen)
+        return target if isinstance(target, IPv4Network) else self.key_of(target)
 
     def remember(self, target: Target, until: float) -> None:
         """Hold the failures of `target` until `until` (monotonic): a ban that runs till then

@@ -27,10 +27,38 @@ from .addresses import IPAddress, IPNetwork
 Target = IPAddress | IPNetwork
 
 
-def prefix_of(address: IPv6Address, prefixlen: int) -> IPv6Network:
-    """The IPv6 network of `prefixlen` bits holding `address`."""
+class Prefix6(IPv6Address):
+    """An IPv6 prefix as a jail counts by it: its first address (equal to and hashed as that
+    address, so an address and the prefix it opens are one key, as they are one client) and
+    its length. As slim as an address: a jail may track a million of them, and an IPv6Network
+    (with a __dict__ per instance) measured +100 MiB and -19 % TCP msg/s for a million new
+    /64s against addresses."""
+
+    __slots__ = ("prefixlen",)
+
+    def __init__(self, first: int, prefixlen: int) -> None:
+        super().__init__(first)
+        self.prefixlen = prefixlen
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}/{self.prefixlen}"
+
+    def __repr__(self) -> str:
+        return f"Prefix6({str(self)!r})"
+
+    def network(self) -> IPv6Network:
+        return IPv6Network((int(self), self.prefixlen))
+
+
+def prefix_of(address: IPv6Address, prefixlen: int) -> Prefix6:
+    """The /prefixlen prefix holding `address`, as a jail's key."""
     shift = 128 - prefixlen
-    return IPv6Network(((int(address) >> shift) << shift, prefixlen))
+    return Prefix6((int(address) >> shift) << shift, prefixlen)
+
+
+def ban_target(key: Target) -> Target:
+    """What a ban of a jail's key covers: the prefix's network, or the address."""
+    return key.network() if isinstance(key, Prefix6) else key
 
 
 def split_prefixes(protected: Iterable[IPNetwork], prefixlen: int) -> frozenset[int]:

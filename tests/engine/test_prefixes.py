@@ -106,3 +106,10 @@ def test_count_bans_within_the_window_widen_to_one_prefix():
 def test_prefix_settings_are_checked(kw, message):
     with pytest.raises(ValueError, match=message):
         PrefixSettings(**kw)
+
+
+def test_a_prefix_key_is_as_slim_as_an_address_and_reads_as_its_network():
+    key = jail().key_of(ip_address("2001:db8:1:2:aa::9"))
+    assert str(key) == "2001:db8:1:2::/64" and f"{key}" == "2001:db8:1:2::/64"
+    assert key == ip_address("2001:db8:1:2::") and not hasattr(key, "__dict__")
+    assert key.network() == ip_network("2001:db8:1:2::/64")
