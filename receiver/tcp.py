@@ -54,15 +54,13 @@ class StreamListener:
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
         self.host, self.port = host, port
-        self.allowed_names = tuple(allowed_names)
         self.admit, self.intake = admit, intake
-        self.max_message_size = max_message_size
-        self.max_connections = max_connections
-        self.max_per_sender = max_connections_per_sender
-        self.idle_timeout = idle_timeout
-        self.handshake_timeout = min(idle_timeout, handshake_timeout)
+        self._handshake_limit = handshake_timeout
+        self.reconfigure(max_message_size=max_message_size, max_connections=max_connections,
+                         max_connections_per_sender=max_connections_per_sender,
+                         idle_timeout=idle_timeout, ssl_context=ssl_context,
+                         allowed_names=allowed_names)
         self.transport_name = transport_name
-        self.ssl_context = ssl_context
         self.connections: Counter[str] = Counter()
         self.received: Counter[str] = Counter()
         """Messages delivered per sender address since the metrics last took them
@@ -99,7 +97,7 @@ class StreamListener:
         self.max_connections = max_connections
         self.max_per_sender = max_connections_per_sender
         self.idle_timeout = idle_timeout
-        self.handshake_timeout = min(idle_timeout, HANDSHAKE_TIMEOUT)
+        self.handshake_timeout = min(idle_timeout, self._handshake_limit)
         self.ssl_context = ssl_context
         self.allowed_names = tuple(allowed_names)
 
