@@ -301,11 +301,14 @@ def _buckets(db: sqlite3.Connection, sql: str, since: float, step: float, count:
 
 
 def prefix_of(address: str) -> str:
-    """The /24 of an IPv4 address, the /64 of an IPv6 one."""
+    """The /24 of an IPv4 address, the /64 of an IPv6 one. A message row's address may be the
+    IPv6 prefix its jail counted it by already ("2001:db8:1:2::/64"): a prefix that wide stays
+    as it is."""
     if ":" not in address:
         head, _, _ = address.rpartition(".")
         return f"{head}.0/24"
-    return str(ip_network(f"{address}/64", strict=False))
+    network = ip_network(address, strict=False)
+    return str(network.supernet(new_prefix=64) if network.prefixlen > 64 else network)
 
 
 def read_overview(path: Path, now: float) -> dict[str, Any]:

@@ -123,6 +123,8 @@ def test_the_overview_numbers_from_the_store(tmp_path):
             JournalRow(now - 90, "tcp", "192.0.2.2", b"x", b"", "203.0.113.7", "roundcube"),
             JournalRow(now - 7200, "relp", "192.0.2.3", b"x", b"", "203.0.113.8", "roundcube"),
             JournalRow(now - 7300, "relp", "192.0.2.3", b"x", b"", "2001:db8::1", "dovecot"),
+            # a jail counting IPv6 clients by their /64 keeps the prefix as the row's address
+            JournalRow(now - 7400, "relp", "192.0.2.3", b"x", b"", "2001:db8::/64", "dovecot"),
             JournalRow(now - 90000, "tcp", "192.0.2.2", b"x", b"", "198.51.100.1", "dovecot")]
 
     def ban(db):
@@ -133,11 +135,11 @@ def test_the_overview_numbers_from_the_store(tmp_path):
     journal.close()
     o = read_overview(tmp_path / "journal.db", now)
     assert sum(o["failures_hour"].counts) == 2 and o["failures_hour"].counts[-1] == 1
-    assert sum(o["failures_day"].counts) == 4  # the one older than a day is left out
+    assert sum(o["failures_day"].counts) == 5  # the one older than a day is left out
     assert sum(o["bans_hour"].counts) == 1 and o["bans_hour"].counts[-1] == 1
     assert o["top_addresses"][0] == ("203.0.113.7", 2)
-    assert dict(o["top_prefixes"]) == {"203.0.113.0/24": 3, "2001:db8::/64": 1}
-    assert sorted(o["senders"]) == [("192.0.2.2", "tcp", 2), ("192.0.2.3", "relp", 2)]
+    assert dict(o["top_prefixes"]) == {"203.0.113.0/24": 3, "2001:db8::/64": 2}
+    assert sorted(o["senders"]) == [("192.0.2.2", "tcp", 2), ("192.0.2.3", "relp", 3)]
     assert prefix_of("198.51.100.1") == "198.51.100.0/24"
 
 
