@@ -76,6 +76,9 @@ def test_orders_filters_and_pages():
             "origin": targets(await ban_page(book, q(origin="manual", sort="target"))),
             "past the end": (await ban_page(book, q(per=25, page=99))).page,
             "bad text": (await ban_page(book, q(q="<script>"))).problem,
+            "by jail": (await ban_page(book, q(sort="jail"))).rows,
+            "by jail desc": (await ban_page(book, q(sort="jail", descending=True))).rows,
+            "default": targets(await ban_page(book, q())),
             "running": book.running(),
         }
 
@@ -92,6 +95,15 @@ def test_orders_filters_and_pages():
     assert got["origin"] == ["192.0.2.77", "203.0.113.0/24"]
     assert got["past the end"] == 1
     assert "not part of an address" in got["bad text"]
+    # a column's ties keep the default order (soonest end first), in either direction
+    for name, jails in (("by jail", ["dovecot", "manual", "roundcube"]),
+                        ("by jail desc", ["roundcube", "manual", "dovecot"])):
+        rows = got[name]
+        assert list(dict.fromkeys(r.jail for r in rows)) == jails
+        for jail in jails:
+            assert [r.target for r in rows if r.jail == jail] == \
+                [t for t in got["default"] if any(r.target == t and r.jail == jail
+                                                  for r in rows)]
 
 
 def test_pages_split_the_list_in_order(monkeypatch):
