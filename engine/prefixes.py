@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Address, IPv6Network
 
-from .addresses import IPAddress, IPNetwork
+from .addresses import IPAddress, IPNetwork, address_text
 
 Target = IPAddress | IPNetwork
 
@@ -41,7 +41,7 @@ class Prefix6(IPv6Address):
         self.prefixlen = prefixlen
 
     def __str__(self) -> str:
-        return f"{super().__str__()}/{self.prefixlen}"
+        return f"{address_text(self)}/{self.prefixlen}"
 
     def __repr__(self) -> str:
         return f"Prefix6({str(self)!r})"
