@@ -23,19 +23,30 @@ class TickBatcher(Generic[T, R]):
     thread, up to tens of milliseconds while the loop is busy reading (measured). Such work must
     guard what it shares with the thread's (libnftables: one lock, taken with the GIL released,
     so the loop waits at most for the thread's sub-millisecond check; sending small batches to
-    the thread whenever it was busy put p99 back above 50 ms in a burst, measured)."""
+    the thread whenever it was busy put p99 back above 50 ms in a burst, measured).
+
+    `patience` (more than `interval`): a batch in which nothing is urgent (`put(item,
+    urgent=False)`: nobody waits for it) is held up to that long, or until `patient_up_to`
+    items, before its work runs. Each batch the thread works on takes the GIL back several
+    times, and each time the event loop waits for it: fewer, larger batches of work nobody
+    waits for leave the loop more of its time (measured on the journal, see store/writer.py).
+    An urgent item put meanwhile ends the wait at the next tick."""
 
     def __init__(self, interval: float, work: Callable[[list[T]], R],
                  done: Callable[[list[T], R | Exception], None], name: str,
-                 *, inline_up_to: int = 0) -> None:
+                 *, inline_up_to: int = 0, patience: float = 0.0,
+                 patient_up_to: int = 10_000) -> None:
         self.interval, self.work, self.done = interval, work, done
         self.inline_up_to = inline_up_to
+        self.patience, self.patient_up_to = patience, patient_up_to
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"bansink-{name}")
         self._items: list[T] = []
+        self._urgent = False
         self._task: asyncio.Task[None] | None = None
 
-    def put(self, item: T) -> None:
+    def put(self, item: T, urgent: bool = True) -> None:
         self._items.append(item)
+        self._urgent = self._urgent or urgent
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
@@ -48,7 +59,12 @@ class TickBatcher(Generic[T, R]):
         try:
             while self._items:
                 await asyncio.sleep(self.interval)  # gather what arrives in the same tick
-                batch, self._items = self._items, []
+                if not self._urgent and self.patience > self.interval:
+                    until = loop.time() + self.patience - self.interval
+                    while (not self._urgent and len(self._items) < self.patient_up_to
+                           and loop.time() < until):
+                        await asyncio.sleep(self.interval)
+                batch, self._items, self._urgent = self._items, [], False
                 try:
                     if len(batch) <= self.inline_up_to:
                         result: R | Exception = self.work(batch)
@@ -61,6 +77,7 @@ class TickBatcher(Generic[T, R]):
             self._task = None
 
     async def close(self) -> None:
+        self._urgent = True  # what is held goes now
         if self._task is not None:
             await self._task
         self.executor.shutdown(wait=True)

@@ -440,6 +440,13 @@ class JournalConfig(_Section):
     without its no-loss guarantee, and counts do not survive a restart)."""
     commit_interval: CommitInterval = 0.005
     """Rows arriving within this tick go to disk in one commit: more than zero, at most 1 second."""
+    unacknowledged_interval: CommitInterval = 0.1
+    """Rows no sender waits for (UDP, TCP: no acknowledgement) may wait up to this long to go to
+    disk with later ones: fewer commits under load, more of the CPU for reading. A RELP row or a
+    ban record goes at the next commit_interval tick, taking the waiting rows with it. Up to
+    this much of UDP and TCP rows is lost if bansink is killed (their counts after a restart,
+    never a ban). Not less than commit_interval (then every row goes at commit_interval), at
+    most 1 second."""
     retention: Retention = 86400.0
     """Rows older than this are deleted: 1 second to 365 days, and at least jail.findtime."""
     max_rows: int = _count(1_000_000, 1000, 100_000_000)

@@ -102,7 +102,7 @@ class Daemon:
                 Journal(Path(jc.path), retention=jc.retention, max_rows=jc.max_rows,
                         history=jc.history),
                 jc.commit_interval, salvage_horizon=max(config.longest_findtime, jc.relp_dedupe),
-                unwritten=self._unwritten)
+                unwritten=self._unwritten, patience=jc.unacknowledged_interval)
         self.book = BanBook(self.pipeline, self.enforcer, self.journal,
                             findtime=self._findtime, history=jc.history)
         self.control: ControlServer | None = None

@@ -18,6 +18,25 @@ def normalize(ip: IPAddress) -> IPAddress:
 
 
 _MAPPED_PREFIX = bytes(10) + b"\xff\xff"
+_new = object.__new__
+
+
+def v4_address(value: int) -> IPv4Address:
+    """`IPv4Address(value)` for 0 <= value < 2**32, without ipaddress' argument checks: the
+    per-message path builds one or two addresses per message (0.23 against 0.35 µs each). It
+    sets the slots ipaddress' own __init__ sets (tests/engine/test_addresses.py holds the two
+    equal in value, hash, text and order)."""
+    address = _new(IPv4Address)
+    address._ip = value  # type: ignore[attr-defined]
+    return address
+
+
+def v6_address(value: int) -> IPv6Address:
+    """`IPv6Address(value)` for 0 <= value < 2**128, as `v4_address` (no zone)."""
+    address = _new(IPv6Address)
+    address._ip = value  # type: ignore[attr-defined]
+    address._scope_id = None  # type: ignore[attr-defined]
+    return address
 
 
 def parse_address(text: str) -> IPAddress | None:
@@ -30,9 +49,9 @@ def parse_address(text: str) -> IPAddress | None:
         if ":" in text:
             packed = inet_pton(AF_INET6, text)
             if packed.startswith(_MAPPED_PREFIX):
-                return IPv4Address(packed[12:])
-            return IPv6Address(packed)
-        return IPv4Address(inet_pton(AF_INET, text))
+                return v4_address(int.from_bytes(packed[12:], "big"))
+            return v6_address(int.from_bytes(packed, "big"))
+        return v4_address(int.from_bytes(inet_pton(AF_INET, text), "big"))
     except (OSError, ValueError):
         return None
 

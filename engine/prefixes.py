@@ -25,6 +25,7 @@ from ipaddress import IPv4Network, IPv6Address, IPv6Network
 from .addresses import IPAddress, IPNetwork, address_text
 
 Target = IPAddress | IPNetwork
+_new = object.__new__
 
 
 class Prefix6(IPv6Address):
@@ -51,9 +52,14 @@ class Prefix6(IPv6Address):
 
 
 def prefix_of(address: IPv6Address, prefixlen: int) -> Prefix6:
-    """The /prefixlen prefix holding `address`, as a jail's key."""
+    """The /prefixlen prefix holding `address`, as a jail's key (once per IPv6 message: built
+    as addresses.v6_address builds an address, without the argument checks)."""
     shift = 128 - prefixlen
-    return Prefix6((int(address) >> shift) << shift, prefixlen)
+    prefix = _new(Prefix6)
+    prefix._ip = (int(address) >> shift) << shift  # type: ignore[attr-defined]
+    prefix._scope_id = None  # type: ignore[attr-defined]
+    prefix.prefixlen = prefixlen
+    return prefix
 
 
 def ban_target(key: Target) -> Target:

@@ -14,7 +14,8 @@ CORES = ["receiver/syslog.py", "receiver/framing.py", "receiver/intake.py",
 
 
 # pure functions a core may take from an I/O module
-PURE = {("socket", "inet_pton"), ("socket", "AF_INET"), ("socket", "AF_INET6")}
+PURE = {("socket", "inet_pton"), ("socket", "inet_ntop"), ("socket", "AF_INET"),
+        ("socket", "AF_INET6")}
 
 
 def imported(path: Path) -> set[str]:

@@ -114,7 +114,7 @@ def test_a_resend_is_never_answered_when_a_row_before_it_failed_to_be_written(tm
                            unwritten=lambda row, session: guard.forget(session, row.peer,
                                                                        row.digest))
     queued: list = []
-    writer._batcher = SimpleNamespace(put=queued.append)  # batches by hand
+    writer._batcher = SimpleNamespace(put=lambda item, urgent=True: queued.append(item))  # by hand
     acked: list[str] = []
     guard.session_started(1, S, 0.0)
     guard.took(1, b"d", counted=True)

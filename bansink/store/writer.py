@@ -52,13 +52,16 @@ class JournalWriter:
 
     def __init__(self, journal: Journal, interval: float, *, salvage_horizon: float,
                  unwritten: Callable[[JournalRow, int], None] = lambda row, session: None,
-                 max_pending: int = 100_000) -> None:
+                 max_pending: int = 100_000, patience: float = 0.0) -> None:
+        """`patience`: how long rows nobody waits for (UDP, TCP) may be held to be written with
+        later ones (TickBatcher); a row with a `done` (RELP) or an operation is written at the
+        next tick, with everything held before it."""
         self.journal = journal
         self.unwritten = unwritten
         """Told of each row a failed write lost (with its session): its resend must count."""
         self.salvage_horizon = salvage_horizon
         self._batcher: TickBatcher[_Item, list[Note]] = TickBatcher(
-            interval, self._write, self._written, "journal")
+            interval, self._write, self._written, "journal", patience=patience)
         self.max_pending = max_pending
         self.pending = 0
         self.rows = 0
@@ -92,7 +95,7 @@ class JournalWriter:
             return
         self.pending += row is not None
         self._seq += 1
-        self._batcher.put(_Item(row, done, session, self._seq))
+        self._batcher.put(_Item(row, done, session, self._seq), urgent=done is not None)
 
     def put_operation(self, operation: Operation, records: int = 1) -> None:
         """Queue work for the writer's next transaction, after the rows put before it (a ban's

@@ -3,7 +3,7 @@
 import random
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
-from bansink.engine.addresses import address_text, parse_address
+from bansink.engine.addresses import address_text, parse_address, v4_address, v6_address
 from bansink.engine.prefixes import prefix_of
 
 
@@ -47,3 +47,16 @@ def test_parsed_addresses_keep_their_text():
     for text in ("2001:db8::7", "192.0.2.1", "::ffff:198.51.100.2", "2001:DB8:0:0::1"):
         parsed = parse_address(text)
         assert parsed is not None and address_text(parsed) == str(parsed)
+
+
+def test_addresses_built_without_checks_are_ipaddress_addresses():
+    rng = random.Random(4291)
+    for _ in range(5_000):
+        v4, v6 = rng.getrandbits(32), rng.getrandbits(128) >> rng.randrange(128)
+        for fast, slow in ((v4_address(v4), IPv4Address(v4)), (v6_address(v6), IPv6Address(v6))):
+            assert fast == slow and hash(fast) == hash(slow) and str(fast) == str(slow)
+            assert type(fast) is type(slow) and int(fast) == int(slow)
+            assert fast.scope_id is None if isinstance(fast, IPv6Address) else True
+            assert {fast: 1}[slow] == 1 and not fast < slow and not slow < fast
+    assert prefix_of(IPv6Address("2001:db8::1"), 64) == IPv6Address("2001:db8::")
+    assert hash(prefix_of(IPv6Address("2001:db8::1"), 64)) == hash(IPv6Address("2001:db8::"))

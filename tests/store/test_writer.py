@@ -96,3 +96,29 @@ def test_a_failed_write_counts_the_ban_records_it_lost(tmp_path):
 
     [lost] = [e for e in asyncio.run(main()) if e["event"] == "ban_records_lost"]
     assert lost["records"] == 4
+
+
+def test_rows_nobody_waits_for_wait_for_patience_a_relp_row_takes_them_along(tmp_path):
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        journal = Journal(tmp_path / "j.db", retention=600, max_rows=1000)
+        writer = JournalWriter(journal, interval=0.002, salvage_horizon=600, patience=0.5)
+        await writer.open()
+        row = JournalRow(1.0, "tcp", S, b"x", b"")
+        writer.put(row, None)
+        writer.put(row, None)
+        started = loop.time()
+        while loop.time() - started < 0.1:
+            await asyncio.sleep(0.002)
+        before = (writer.rows, writer.commits)
+        acked: list[float] = []
+        writer.put(row._replace(transport="relp"), lambda: acked.append(loop.time()))
+        while not acked:
+            await asyncio.sleep(0.001)
+        await writer.close()
+        return before, (writer.rows, writer.commits), acked[0] - started
+
+    before, after, acked_after = asyncio.run(scenario())
+    assert before == (0, 0)  # the TCP rows were held
+    assert after == (3, 1)  # and went to disk in the RELP row's commit
+    assert acked_after < 0.4
