@@ -26,6 +26,7 @@ from .addresses import IPAddress, IPNetwork, address_text
 
 Target = IPAddress | IPNetwork
 _new = object.__new__
+_LENGTHS = tuple(f"/{n}" for n in range(129))
 
 
 class Prefix6(IPv6Address):
@@ -42,7 +43,7 @@ class Prefix6(IPv6Address):
         self.prefixlen = prefixlen
 
     def __str__(self) -> str:
-        return f"{address_text(self)}/{self.prefixlen}"
+        return address_text(self) + _LENGTHS[self.prefixlen]
 
     def __repr__(self) -> str:
         return f"Prefix6({str(self)!r})"
