@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Any
 
-from bansink.engine.addresses import parse_address
+from bansink.engine.addresses import parse_address, text_of
 from bansink.engine.decisions import Ban, Target
 
 from .backend import BackendUnavailable, CommitResult
@@ -209,6 +209,8 @@ class NftablesSet:
         self.set4, self.set6 = set4, set6
         self.priority = priority
         self.layout = layout or Layout()
+        self._scope_of: dict[str, JailScope | None] = {}
+        """jail -> layout.scope(jail), for the layout in force (asked once per ban)"""
         self.local_ports = tuple(sorted({(proto, int(port)) for proto, port in local_ports}))
         for proto, port in self.local_ports:
             if proto not in LOCAL_PROTOCOLS or not 0 < port < 65536:
@@ -235,6 +237,13 @@ class NftablesSet:
         """Take another layout (a reload); the next setup() applies it to the table."""
         with self._lock:
             self.layout = layout
+            self._scope_of = {}
+
+    def _scope(self, jail: str) -> JailScope | None:
+        known = self._scope_of
+        if jail not in known:
+            known[jail] = self.layout.scope(jail)
+        return known[jail]
 
     def sets_of(self, scope: JailScope) -> tuple[str, str]:
         """The IPv4 and IPv6 address set names of a jail's scope (the shared pair for the
@@ -568,8 +577,8 @@ class NftablesSet:
     # -- bans -----------------------------------------------------------------------------------
 
     def add(self, ban: Ban) -> None:
-        scope = self.layout.scope(ban.jail)
-        text = str(ban.target)  # once: the key, and the element's value
+        scope = self._scope(ban.jail)
+        text = text_of(ban.target)  # once: the key, and the element's value
         key = (ban.jail if scope is None else scope.name, text)
         self._pending.pop(key, None)  # keep the order of the requests
         self._pending[key] = (scope, ban.target, ban, text)
@@ -579,7 +588,7 @@ class NftablesSet:
         scopes = self._scopes() if jail is None else [self.layout.scope(jail)]
         for scope in scopes:
             if scope is not None:
-                text = str(target)
+                text = text_of(target)
                 key = (scope.name, text)
                 self._pending.pop(key, None)
                 self._pending[key] = (scope, target, None, text)

@@ -16,6 +16,7 @@ import structlog
 
 from bansink.actions.backend import BanBackend, CommitResult
 from bansink.actions.layout import Layout
+from bansink.engine.addresses import text_of
 from bansink.engine.decisions import Ban, Target
 
 from .batching import TickBatcher
@@ -125,7 +126,7 @@ class Enforcer:
         when known."""
         for i, ban in enumerate(bans):
             key = _key(ban)
-            text = texts[i] if texts is not None else str(ban.target)
+            text = texts[i] if texts is not None else text_of(ban.target)
             self._running[key] = (ban.decided_at + ban.bantime, ban, text)
             self._restoring.add(key)
             self.ban(ban)
@@ -204,11 +205,11 @@ class Enforcer:
             key = b.jail, b.target
             if lost and key in lost:
                 continue
-            running[key] = (b.decided_at + b.bantime, b, str(b.target))
             added.add(key)
-            if restoring and key in restoring:
+            if restoring and key in restoring:  # running already, with its text (restore())
                 restoring.discard(key)
                 continue
+            running[key] = (b.decided_at + b.bantime, b, text_of(b.target))
             new.append(b)
         self.bans += len(new)
         if self.on_enforced is not None:
@@ -222,7 +223,7 @@ class Enforcer:
 
     @staticmethod
     def _log_ban(b: Ban, now: float, wall: float) -> None:
-        target = str(b.target)
+        target = text_of(b.target)
         # `ip` for an address, as operators' searches and the tests read it; `target` always
         address = {"ip": target} if isinstance(b.target, IPv4Address | IPv6Address) else {}
         log.info("ban", **address, target=target, origin=b.origin.value, jail=b.jail,
@@ -242,7 +243,7 @@ class Enforcer:
             for start in range(0, len(bans), BAN_LINE_TARGETS):
                 part = bans[start : start + BAN_LINE_TARGETS]
                 # decided in order: the first waited longest
-                log.info("bans", bans=len(part), targets=[str(b.target) for b in part],
+                log.info("bans", bans=len(part), targets=[text_of(b.target) for b in part],
                          jail=jail, origin=origin, count=count, bantime=bantime, until=until,
                          latency_ms=round((now - part[0].decided_at) * 1000, 1),
                          latency_ms_min=round((now - part[-1].decided_at) * 1000, 1))

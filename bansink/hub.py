@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import Counter
-from ipaddress import IPv4Address, IPv6Address
 
 import structlog
 
-from bansink.engine.addresses import address_text
+from bansink.engine.addresses import text_of
 from bansink.engine.events import MalformedEvent
 from bansink.engine.pipeline import Banned, Counted, Ignored, Outcome, SecurityPipeline
 from bansink.receiver.intake import Dropped
@@ -29,17 +28,13 @@ def digest_of(message: SyslogMessage) -> bytes:
     return hashlib.blake2b(message.peer.encode() + b"\0" + message.raw, digest_size=16).digest()
 
 
-_ADDRESSES = (IPv4Address, IPv6Address)  # not a subclass: a prefix, written with its length
-
-
 def journal_row(message: SyslogMessage, transport: str, digest: bytes,
                 outcome: Counted | Banned) -> JournalRow:
     """The row of a message that counted, with what it counted for: the address, or the IPv6
     prefix its jail counts by (the key its ban's evidence is found by)."""
     address = outcome.key if isinstance(outcome, Counted) else outcome.bans[0].target
-    text = address_text(address) if type(address) in _ADDRESSES else str(address)  # type: ignore[arg-type]
     return JournalRow(message.received_at, transport, message.peer, message.raw, digest,
-                      text, outcome.event.service)
+                      text_of(address), outcome.event.service)
 
 
 class Hub:

@@ -73,6 +73,16 @@ def address_text(ip: IPAddress) -> str:
     return inet_ntop(AF_INET6, value.to_bytes(16, "big"))
 
 
+_PLAIN = (IPv4Address, IPv6Address)
+
+
+def text_of(target: IPAddress | IPNetwork) -> str:
+    """`str(target)`; an address (not a subclass: a prefix writes its length) by
+    `address_text`. What the journal's rows, the enforcer's bans and nftables' elements are
+    written with, once per ban or counted message."""
+    return address_text(target) if type(target) in _PLAIN else str(target)  # type: ignore[arg-type]
+
+
 class NetworkSet:
     """An immutable set of networks with a fast `ip in nets` test."""
 
