@@ -3,7 +3,8 @@
     .venv/bin/python bench/metrics.py                  # about five minutes
     .venv/bin/python bench/metrics.py --phases load --segment 5 --pairs 3
 
-A real `bansink run` in bench.py's namespace (nftables backend, journal on), scraped through
+A real `bansink run` in bench.py's namespace (nftables backend, journal on unless
+--no-journal), scraped through
 its control socket as Prometheus would. Phases:
   scrape  the daemon's CPU per scrape, measured over --scrapes scrapes in a row: idle, and with
           --bans bans active (each in the kernel set; the collector counts them per jail and
@@ -235,10 +236,13 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=8)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--count", type=int, default=300_000)
+    p.add_argument("--no-journal", action="store_true",
+                   help="the daemon without its journal (it then takes 50,000 msg/s here)")
     args = p.parse_args()
     results: dict[str, object] = {"cpus": os.cpu_count(), "loadavg": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="bansink-bench-metrics-") as tmp:
         b = Bench(Path(tmp))
+        b.no_journal = args.no_journal
         try:
             phases = args.phases.split(",")
             if "scrape" in phases:
