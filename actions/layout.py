@@ -14,7 +14,7 @@ config) every ban goes to one shared pair, `ban4`/`ban6`. An admin's ban without
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bansink.engine.decisions import MANUAL_JAIL
 
@@ -39,6 +39,13 @@ class Layout:
     ratelimits: tuple[RateLimit, ...] = ()
     exempt: tuple[str, ...] = ()
     """Networks (CIDR) the rate limits never apply to: ignoreip, senders, trusted proxies."""
+    _by_jail: dict[str, JailScope] = field(init=False, repr=False, compare=False)
+    """`scope()`'s answers, made once: it is asked once per ban"""
+
+    def __post_init__(self) -> None:
+        by_jail = {scope.name: scope for scope in self.jails}
+        by_jail[MANUAL_JAIL] = JailScope(MANUAL_JAIL)
+        object.__setattr__(self, "_by_jail", by_jail)
 
     @property
     def scopes(self) -> tuple[JailScope, ...]:
@@ -48,11 +55,7 @@ class Layout:
     def scope(self, jail: str) -> JailScope | None:
         """The scope a ban of `jail` goes to; None when jails are configured and this is none
         of them."""
-        if jail == MANUAL_JAIL:
-            return JailScope(MANUAL_JAIL)
-        if not self.jails:
+        found = self._by_jail.get(jail)
+        if found is None and not self.jails:
             return JailScope("", self.ports)
-        for scope in self.jails:
-            if scope.name == jail:
-                return scope
-        return None
+        return found

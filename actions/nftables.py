@@ -209,8 +209,6 @@ class NftablesSet:
         self.set4, self.set6 = set4, set6
         self.priority = priority
         self.layout = layout or Layout()
-        self._scope_of: dict[str, JailScope | None] = {}
-        """jail -> layout.scope(jail), for the layout in force (asked once per ban)"""
         self.local_ports = tuple(sorted({(proto, int(port)) for proto, port in local_ports}))
         for proto, port in self.local_ports:
             if proto not in LOCAL_PROTOCOLS or not 0 < port < 65536:
@@ -237,13 +235,6 @@ class NftablesSet:
         """Take another layout (a reload); the next setup() applies it to the table."""
         with self._lock:
             self.layout = layout
-            self._scope_of = {}
-
-    def _scope(self, jail: str) -> JailScope | None:
-        known = self._scope_of
-        if jail not in known:
-            known[jail] = self.layout.scope(jail)
-        return known[jail]
 
     def sets_of(self, scope: JailScope) -> tuple[str, str]:
         """The IPv4 and IPv6 address set names of a jail's scope (the shared pair for the
@@ -577,7 +568,7 @@ class NftablesSet:
     # -- bans -----------------------------------------------------------------------------------
 
     def add(self, ban: Ban) -> None:
-        scope = self._scope(ban.jail)
+        scope = self.layout.scope(ban.jail)
         text = text_of(ban.target)  # once: the key, and the element's value
         key = (ban.jail if scope is None else scope.name, text)
         self._pending.pop(key, None)  # keep the order of the requests
