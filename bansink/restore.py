@@ -74,9 +74,9 @@ async def restore_bans(book: BanBook, journal: JournalWriter, *, findtime: float
                 continue
     restored: list[Ban] = []
     texts: list[str] = []
+    kept: list[tuple[store.BanRow, Target, float]] = []
     gone: set[str] = set()
     origins = {origin.value: origin for origin in Origin}
-    queued = 0
     for row in running:
         if row.jail != MANUAL_JAIL and row.jail not in jails:
             gone.add(row.jail)
@@ -93,21 +93,29 @@ async def restore_bans(book: BanBook, journal: JournalWriter, *, findtime: float
         restored.append(Ban(target=target, origin=origin, jail=row.jail, failures=row.failures,
                             bantime=left, decided_at=mono))
         texts.append(row.target)
-        if len(restored) - queued >= RESTORE_CHUNK:
-            book.enforcer.restore(restored[queued:], texts[queued:])
-            queued = len(restored)
+        kept.append((row, target, left))
+        if len(restored) % RESTORE_CHUNK == 0:
+            book.enforcer.restore(restored[-RESTORE_CHUNK:], texts[-RESTORE_CHUNK:])
             await asyncio.sleep(0)  # the commit thread takes them while the rest are read
+    book.enforcer.restore(restored[len(restored) // RESTORE_CHUNK * RESTORE_CHUNK:],
+                          texts[len(restored) // RESTORE_CHUNK * RESTORE_CHUNK:])
+    # the book and the jails learn of them once the enforcer has them all (nothing is received
+    # yet); the loop is let run now and then, so that the commit thread keeps getting batches
+    for i, (row, target, left) in enumerate(kept, 1):
+        if i % RESTORE_CHUNK == 0:
+            await asyncio.sleep(0)
         book.entries[(row.jail, target)] = Entry(row.started_at, mono + left, row.id, row.step,
                                                  row.note)
         holders = jails.values() if row.jail == MANUAL_JAIL else [jails[row.jail]]
         for jail in holders:
             jail.remember(target, mono + left)
     if gone:
-        kept = [*jails, MANUAL_JAIL]
-        book.write(lambda db: store.lift_jails_except(db, kept, wall))
+        kept_jails = [*jails, MANUAL_JAIL]
+        book.write(lambda db: store.lift_jails_except(db, kept_jails, wall))
         log.warning("bans_of_removed_jails_ended", jails=sorted(gone))
-    book.enforcer.restore(restored[queued:], texts[queued:])
-    for row in history:
+    for i, row in enumerate(history, 1):
+        if i % RESTORE_CHUNK == 0:
+            await asyncio.sleep(0)
         try:
             target = target_of(row.target)
         except AdminError:

@@ -9,7 +9,7 @@ import pytest
 
 from bansink.actions.backend import BackendUnavailable
 from bansink.actions.layout import JailScope, Layout
-from bansink.actions.nftables import NftablesSet, load_libnftables
+from bansink.actions.nftables import FRESH_BULK, NftablesSet, load_libnftables
 from bansink.engine.decisions import Ban, Origin
 
 from support import Listener, Netns, connects, namespaces, wait_until
@@ -417,3 +417,52 @@ def test_strays_are_looked_for_in_the_sets_that_were_there_before_start(ns: Netn
         ("ban4", "198.51.100.77"), ("ban4", "203.0.113.8")]
     assert set(ns.set_elements()) == {"203.0.113.7"} and set(ns.set_elements(name="ban6")) == {
         "2001:db8::7"}
+
+
+def committed_text(ns: Netns, backend: NftablesSet) -> str:
+    """Commit in the namespace; return the nft commands the transaction ran."""
+    ran: list[str] = []
+    run = backend._run_text
+    backend._run_text = lambda commands: (ran.append(commands), run(commands))[1]  # type: ignore
+    try:
+        assert ns.in_namespace(backend.commit).ok
+    finally:
+        del backend._run_text
+    return "\n".join(ran)
+
+
+def test_a_set_created_at_start_is_filled_with_plain_adds_and_a_reban_still_replaces_it(
+        ns: Netns):
+    """Into a set setup() just created, a bulk of bans is plain `add`s (no placeholder, no
+    delete: half of libnftables' time at 100,000); an element added there before still goes
+    add/delete/add, so its new timeout sticks."""
+    backend = setup(ns)
+    first = [f"2001:db8:6::{i:x}" for i in range(1, FRESH_BULK + 1)]
+    for ip in first:
+        backend.add(ban(ip, 600))
+    text = committed_text(ns, backend)
+    assert "delete element" not in text and text.count("add element") == 1
+    second = [f"2001:db8:7::{i:x}" for i in range(1, FRESH_BULK + 1)]
+    for ip in [*first[:3], *second]:
+        backend.add(ban(ip, 7200))
+    text = committed_text(ns, backend)
+    deleted = text.split("delete element inet bansink ban6 { ")[1].split(" }")[0].split(", ")
+    assert deleted == first[:3]  # only those added before
+    elements = ns.set_elements(name="ban6")
+    assert len(elements) == 2 * FRESH_BULK
+    assert {elements[ip]["timeout"] for ip in first[:3] + second} == {7200}
+    assert {elements[ip]["timeout"] for ip in first[3:]} == {600}
+
+
+def test_plain_adds_end_with_the_first_small_commit_and_with_the_reconciliation(ns: Netns):
+    backend = setup(ns)
+    backend.add(ban("2001:db8:8::1"))
+    committed_text(ns, backend)
+    for i in range(FRESH_BULK):
+        backend.add(ban(f"2001:db8:9::{i:x}"))
+    assert "delete element" in committed_text(ns, backend)  # the usual path again
+    again = setup(ns, set4="other4", set6="other6")  # a table with new sets: fresh ones
+    assert ns.in_namespace(lambda: again.remove_strays(set())) == []
+    for i in range(FRESH_BULK):
+        again.add(ban(f"2001:db8:a::{i:x}"))
+    assert "delete element" in committed_text(ns, again)
