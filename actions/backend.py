@@ -49,6 +49,11 @@ class BanBackend(Protocol):
         """Apply every queued ban and deletion in one transaction (blocking: a few elements take
         well under a millisecond and run on the event loop; larger batches on a thread)."""
 
+    def survey(self) -> None:
+        """Before a start's restore: learn which elements are in place already, so that the
+        restored bans are not all written again (blocking, on the commit thread, before the
+        restore's commits); remove_strays() ends what it learnt."""
+
     def remove_strays(self, keep: set[tuple[str, Target]]) -> list[tuple[str, Target]]:
         """Delete every element of bansink's ban sets that is not a running ban (`keep`:
         (jail, target) pairs); return (set, target) of what was removed (blocking: a full

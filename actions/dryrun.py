@@ -38,6 +38,9 @@ class DryRunBackend:
         deletes = tuple(target for (_, target), ban in pending.items() if ban is None)
         return CommitResult(bans, deletes=deletes)
 
+    def survey(self) -> None:
+        pass  # nothing enforced, nothing in place
+
     def remove_strays(self, keep: set[tuple[str, Target]]) -> list[tuple[str, Target]]:
         return []  # nothing enforced, nothing stray
 

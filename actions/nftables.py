@@ -23,7 +23,11 @@ this backend has just created (at start, or rebuilding a deleted table) a ban wh
 has not added there yet is a plain `add`: the set is known to be without it (100,000 elements:
 0.48 s of libnftables instead of 1.12 s, the restore's path). That knowledge (the texts added)
 is kept only while the set is filled in bulk: a transaction adding fewer than FRESH_BULK
-elements to it, or the start's reconciliation (remove_strays), ends it.
+elements to it, or the start's reconciliation (remove_strays), ends it. Into a set that was
+there at start, the restored bans would be written again (add+delete+add of 100,000: 1.1 s of
+libnftables, and the start's listing for strays waited behind it): `survey()` lists those sets
+once before the restore, a restored ban whose element is there with the same end (within
+SURVEY_TOLERANCE) is not written again, and remove_strays() reads the same listing.
 
 A ban's target may be a network (engine.decisions.Ban): each scope has a second, small pair of
 sets for those, `net4_JAIL`/`net6_JAIL` (`flags interval,timeout`, never auto-merge), so that
@@ -126,6 +130,9 @@ CANARY_SLOW = 0.05
 """A canary check that took longer than this (seconds) is repeated at most every
 CANARY_SLOW_INTERVAL."""
 CANARY_SLOW_INTERVAL = 4.0
+SURVEY_TOLERANCE = 2.0
+"""Seconds by which a listed element's end may differ from its ban's and still be left as it
+is (the kernel lists whole seconds; a ban's timeout was rounded to one)."""
 FRESH_BULK = 1000
 """Elements a transaction adds to a set this backend just created, under which the set's
 element texts stop being tracked (see the module's docstring)."""
@@ -238,6 +245,9 @@ class NftablesSet:
         self._created: set[str] = set()
         """ban sets this backend created since the last remove_strays(): they hold nothing
         bansink did not put there, so that needs no listing of them"""
+        self._surveyed: dict[str, dict[str, float]] = {}
+        """address set -> {element text: monotonic end (math.inf: no timeout)} as survey()
+        listed it; an element bansink writes or deletes leaves it"""
         self._fresh: dict[str, set[str]] = {}
         """address set -> the element texts added since this backend created it empty (while
         it is filled in bulk): a ban of any other text is a plain add there"""
@@ -533,14 +543,47 @@ class NftablesSet:
                     found.append(target)
         return found
 
+    def survey(self) -> None:
+        """Before a start's restore: list the address sets that were there already (not those
+        setup() just created), so that a restored ban whose element is in place with its end
+        is not written again, and remove_strays() needs no second listing. A set that cannot
+        be listed is not surveyed (its bans are written as usual)."""
+        self._load()
+        watcher = self._watching()
+        with self._lock:
+            for name, _, _, nets in self._ban_sets():
+                if nets or name in self._created:
+                    continue
+                now = time.monotonic()
+                rc, output, _ = watcher.json_cmd(
+                    {"nftables": [{"list": {"set": self._ref(name=name)}}]})
+                if rc != 0:
+                    continue
+                ends: dict[str, float] = {}
+                for item in output["nftables"]:
+                    for elem in item.get("set", {}).get("elem", []):
+                        if isinstance(elem, str):  # no timeout: a ban until lifted
+                            ends[elem] = math.inf
+                        elif isinstance(body := elem.get("elem"), dict) and isinstance(
+                                body.get("val"), str) and body.get("comment") != CANARY_COMMENT:
+                            expires = body.get("expires")
+                            ends[body["val"]] = (math.inf if expires is None
+                                                 else now + expires)
+                self._surveyed[name] = ends
+
     def remove_strays(self, keep: set[tuple[str, Target]]) -> list[tuple[str, Target]]:
         """Delete the elements that are no running ban (`keep`: (jail, target)) in one
         transaction per set; return (set, target) of each. Sets created since the last call
-        (a table made at start: the restored bans were just added) are not listed."""
+        (a table made at start: the restored bans were just added) are not listed, surveyed
+        ones are read from the survey (whatever bansink wrote since is no stray)."""
         with self._lock:
             fresh, self._created = self._created, set()
             self._fresh.clear()
-        listed = self.elements(skip=fresh)
+            surveyed, self._surveyed = self._surveyed, {}
+        listed = self.elements(skip=fresh | surveyed.keys())
+        for name, ends in surveyed.items():
+            listed[name] = [target for text in ends
+                            if (target := parse_element(text)) is not None]
         if not listed:
             return []
         wanted = {(self.set_of(jail, target), target) for jail, target in keep}
@@ -629,6 +672,18 @@ class NftablesSet:
                     pass  # no set (yet): nothing to delete; the commit re-creates the table
             gone = [(t, v) for t, v, ban in mine if ban is None]
             banned = [(t, v) for t, v, ban in mine if ban is not None]
+            listed = self._surveyed.get(name)
+            if listed is not None:
+                in_place = set()
+                for _, v, ban in mine:
+                    end = listed.pop(v, None)  # what is written or deleted leaves the survey
+                    if end is not None and ban is not None:
+                        wanted = ban.decided_at + ban.bantime
+                        if end == wanted or abs(end - wanted) <= SURVEY_TOLERANCE:
+                            in_place.add(v)
+                if in_place:
+                    banned = [(t, v) for t, v in banned if v not in in_place]
+                    mine = [(t, v, ban) for t, v, ban in mine if v not in in_place]
             added = self._fresh.get(name)
             if added is not None:
                 if len(banned) < FRESH_BULK:

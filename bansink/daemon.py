@@ -141,11 +141,17 @@ class Daemon:
         await self.enforcer.setup()
         hub = self.hub = Hub(self.pipeline, self.book, self.journal, self.guard)
         if self.journal is not None:
+            # on the commit thread while the journal opens, before the restore's commits
+            survey = asyncio.ensure_future(self.enforcer.run_blocking(self.enforcer.backend.survey))
             for event, fields in await self.journal.open():
                 log.error(event, **fields)
             await restore_bans(self.book, self.journal, findtime=config.longest_findtime)
             await replay_journal(self.journal, hub, findtime=config.longest_findtime,
                                  relp_dedupe=config.journal.relp_dedupe)
+            try:
+                await survey
+            except Exception as exc:  # the restored bans were written as usual
+                log.warning("nft_survey_failed", error=str(exc))
             await remove_strays(self.book)
         # from here on, bans are new: counted and told (not those restored or replayed above)
         self.metrics.observe_bans()

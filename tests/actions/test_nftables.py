@@ -466,3 +466,34 @@ def test_plain_adds_end_with_the_first_small_commit_and_with_the_reconciliation(
     for i in range(FRESH_BULK):
         again.add(ban(f"2001:db8:a::{i:x}"))
     assert "delete element" in committed_text(ns, again)
+
+
+def test_a_restart_leaves_the_bans_in_place_alone_and_finds_strays_in_its_survey(ns: Netns):
+    """Restored bans whose elements are in place with their ends are not written again (at
+    100,000, an add+delete+add of every one); one whose end differs is; what the survey found
+    that is no running ban is a stray."""
+    before = setup(ns)
+    for b in (ban("203.0.113.7", 600), ban("203.0.113.8", 600), ban("2001:db8::7", math.inf)):
+        before.add(b)
+    ns.in_namespace(before.commit)
+    ns.run("nft", "add element inet bansink ban4 { 198.51.100.77 timeout 1h }")
+    after = setup(ns)  # the restart: the table was kept
+    ns.in_namespace(after.survey)
+    now = time.monotonic()
+
+    def restored(ip: str, left: float) -> Ban:
+        return Ban(target=ip_address(ip), origin=Origin.JAIL, jail="roundcube", failures=6,
+                   bantime=left, decided_at=now)
+
+    for b in (restored("203.0.113.7", 599), restored("203.0.113.8", 7200),
+              restored("2001:db8::7", math.inf)):
+        after.add(b)
+    text = committed_text(ns, after)
+    assert "203.0.113.8" in text
+    assert "203.0.113.7" not in text and "2001:db8::7" not in text  # in place: left alone
+    assert ns.set_elements()["203.0.113.8"]["timeout"] == 7200
+    keep = {("roundcube", ip_address(ip)) for ip in ("203.0.113.7", "203.0.113.8", "2001:db8::7")}
+    strays = ns.in_namespace(lambda: after.remove_strays(keep))
+    assert [(name, str(target)) for name, target in strays] == [("ban4", "198.51.100.77")]
+    assert set(ns.set_elements()) == {"203.0.113.7", "203.0.113.8"}
+    assert set(ns.set_elements(name="ban6")) == {"2001:db8::7"}
