@@ -22,6 +22,8 @@ made inside the namespace. Phases:
           rsyslog sender into rsyslog's own imrelp -> file (its lines counted as they are
           written, reading only what is new every 20 ms), and a restart replaying a journal
 The journal is on (the default) unless --no-journal (udp, tcp, latency, burst; not relp).
+Jails count IPv6 clients by /64 (the default), so bans are prefix elements; --ipv6-prefix 128
+bans each address (as trees before prefix bans did: their config has no such key).
 """
 
 from __future__ import annotations
@@ -56,6 +58,18 @@ NEVER = 1000  # jail.maxretry's upper bound: no client sends that often here, so
 
 def client_ip(i: int) -> str:
     return str(ipaddress.ip_address(f"2001:db8:{i >> 16:x}:{i & 0xFFFF:x}::1"))
+
+
+IPV6_PREFIX: int | None = None
+"""--ipv6-prefix: written into the jail's config when given (else the default, 64)."""
+
+
+def element_of(ip: str) -> str:
+    """The set element a ban of `ip` shows up as: its /64 (the jails' default `ipv6_prefix`;
+    each client_ip is in a /64 of its own), or the address with --ipv6-prefix 128."""
+    if IPV6_PREFIX == 128:
+        return ip
+    return str(ipaddress.ip_network(f"{ip}/{IPV6_PREFIX or 64}", strict=False))
 
 
 class Bench:
@@ -114,7 +128,8 @@ format = "json"
 
     @staticmethod
     def _jail(maxretry: int) -> str:
-        return f'[jail]\nmaxretry = {maxretry}\nfindtime = "1h"\nbantime = "1h"\n'
+        prefix = f"ipv6_prefix = {IPV6_PREFIX}\n" if IPV6_PREFIX is not None else ""
+        return f'[jail]\nmaxretry = {maxretry}\nfindtime = "1h"\nbantime = "1h"\n{prefix}'
 
     def stop(self, keep_table: bool = False) -> None:
         """SIGTERM the daemon; then delete its nft table unless `keep_table` (a restart that
@@ -240,8 +255,9 @@ def tcp_phase(b: Bench, count: int) -> dict:
 
 
 class SetMonitor:
-    """`nft monitor new elements` in the namespace: when each address entered a set
-    (perf_counter, taken when its line is read)."""
+    """`nft monitor new elements` in the namespace: when each element (an address, or a
+    prefix such as 2001:db8:1::/64) entered a set (perf_counter, taken when its line is
+    read)."""
 
     def __init__(self, b: Bench) -> None:
         self.proc = subprocess.Popen(
@@ -289,8 +305,8 @@ def latency_phase(b: Bench, bans: int) -> dict:
         ip = client_ip(0xFFFF0000 + i)
         t0 = time.perf_counter()
         sock.send(LINE.format(ip=ip).encode())
-        monitor.wait_for({ip}, 5)
-        latencies.append((monitor.seen[ip] - t0) * 1000)
+        monitor.wait_for({element_of(ip)}, 5)
+        latencies.append((monitor.seen[element_of(ip)] - t0) * 1000)
     monitor.stop()
     b.stop()
     latencies.sort()
@@ -330,13 +346,14 @@ def burst_phase(b: Bench, count: int, attackers: int, maxretry: int = 3) -> dict
         written.append(time.perf_counter())
     sent_s = time.perf_counter() - t0
     sock.close()
-    monitor.wait_for(set(bad), 60)
+    monitor.wait_for({element_of(ip) for ip in bad}, 60)
     b.wait(lambda: b.received() >= count, 120)
     elapsed = time.perf_counter() - t0
     monitor.stop()
     commits = [e["latency_ms"] for e in b.events("ban")]
     b.stop()
-    to_ban = [(monitor.seen[ip] - written[last_line[ip] // per_chunk]) * 1000 for ip in bad]
+    to_ban = [(monitor.seen[element_of(ip)] - written[last_line[ip] // per_chunk]) * 1000
+              for ip in bad]
     return {"messages": count, "attackers": attackers, "maxretry": maxretry,
             "send_seconds": round(sent_s, 2), "msg_per_s": round(count / elapsed),
             "time_to_ban_ms": {"first_attacker": round(to_ban[0], 1),
@@ -496,7 +513,10 @@ def main() -> None:
     p.add_argument("--store-rows", type=int, default=1_000_000)
     p.add_argument("--no-journal", action="store_true",
                    help="udp, tcp, latency and burst without the journal (relp keeps it)")
+    p.add_argument("--ipv6-prefix", type=int, help="the jails' ipv6_prefix (default: 64)")
     args = p.parse_args()
+    global IPV6_PREFIX
+    IPV6_PREFIX = args.ipv6_prefix
     if args.quick:
         args.udp_count, args.tcp_count, args.bans = 50_000, 100_000, 50
         args.burst_count, args.burst_attackers = 50_000, 100

@@ -258,6 +258,9 @@ def test_a_network_goes_to_the_network_set_of_its_jail_with_its_timeout(ns: Netn
     assert set(ns.set_elements()) == {"203.0.113.7"}
     assert ns.set_elements(name="net6")["2001:db8:1::/64"]["timeout"] == 900
     assert set(ns.set_elements(name="net4")) == {"198.51.100.0/24"}
+    backend.add(ban("2001:db8:1::/64", 7200))  # a second ban: found in place, given its time
+    assert ns.in_namespace(backend.commit).ok
+    assert ns.set_elements(name="net6")["2001:db8:1::/64"]["timeout"] == 7200
     backend.delete(ip_network("198.51.100.0/24"))
     backend.delete(ip_network("192.0.2.0/24"))  # never banned: no error
     assert ns.in_namespace(backend.commit).ok
