@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import Counter
+from typing import cast
 
 import structlog
 
@@ -28,13 +29,18 @@ def digest_of(message: SyslogMessage) -> bytes:
     return hashlib.blake2b(message.peer.encode() + b"\0" + message.raw, digest_size=16).digest()
 
 
+_COUNTED = (Counted, Banned)
+_tuple = tuple.__new__
+
+
 def journal_row(message: SyslogMessage, transport: str, digest: bytes,
                 outcome: Counted | Banned) -> JournalRow:
     """The row of a message that counted, with what it counted for: the address, or the IPv6
-    prefix its jail counts by (the key its ban's evidence is found by)."""
+    prefix its jail counts by (the key its ban's evidence is found by). Built as a tuple is
+    (a NamedTuple's own constructor is a Python call: 250 against 120 ns, once per row)."""
     address = outcome.key if isinstance(outcome, Counted) else outcome.bans[0].target
-    return JournalRow(message.received_at, transport, message.peer, message.raw, digest,
-                      text_of(address), outcome.event.service)
+    return _tuple(JournalRow, (message.received_at, transport, message.peer, message.raw,
+                               digest, text_of(address), outcome.event.service))
 
 
 class Hub:
@@ -112,12 +118,13 @@ class Hub:
                     done()
                 return
         outcome = self.judge(message, now)
-        counted = isinstance(outcome, Counted | Banned)
+        counted = isinstance(outcome, _COUNTED)
         if digest:
             self.guard.took(session, digest, counted=counted)
         if counted and self.journal is not None:
-            assert isinstance(message, SyslogMessage) and isinstance(outcome, Counted | Banned)
-            self.journal.put(journal_row(message, transport, digest, outcome), done, session)
+            # counted: a well-formed message (judge gives None for malformed syslog)
+            self.journal.put(journal_row(cast(SyslogMessage, message), transport, digest,
+                                         cast(Counted | Banned, outcome)), done, session)
         elif done is not None:
             done()
         if isinstance(outcome, Banned):

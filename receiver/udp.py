@@ -1,4 +1,5 @@
-"""Syslog over UDP (RFC 5426: one message per datagram), on asyncio-dgram."""
+"""Syslog over UDP (RFC 5426: one message per datagram), on asyncio-dgram; what waits in the
+socket after each datagram it delivers is read directly (DRAIN_UP_TO)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ from .intake import Admit, Dropped, Intake
 from .syslog import parse_syslog
 
 TRANSPORT = "udp"
+DRAIN_UP_TO = 256
+"""Datagrams read straight from the socket after each one the transport delivers (asyncio's
+transport reads one per pass of the event loop and hands it over through a queue: at 60,000
+datagrams/s offered, 46,000/s were taken that way and 50,000/s with this, journal on)."""
+_LARGEST_DATAGRAM = 65536  # as large a buffer costs no more per read than a small one
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; the stdlib does not name it
 
 
@@ -83,23 +89,35 @@ class UdpListener:
         self.receive_buffer = receive_buffer
 
     async def _serve(self) -> None:
-        assert self._stream is not None
-        recv, admit, intake = self._stream.recv, self._admit, self._intake
-        received = self.received
+        assert self._stream is not None and self._sock is not None
+        recv, sock = self._stream.recv, self._sock
         while True:
             try:
                 data, addr = await recv()
             except asyncio_dgram.TransportClosed:
                 return
-            source: str = addr[0]  # type: ignore[index]  # (host, port, ...) for an IP socket
-            peer = admit(source)
-            if peer is None:
-                intake.on_drop(Dropped("sender_not_allowed", source, TRANSPORT, len(data)))
-            elif len(data) > self.max_message_size:
-                intake.on_drop(Dropped("oversized", peer, TRANSPORT, len(data)))
-            else:
-                received[peer] += 1
-                intake.on_message(parse_syslog(data, peer=peer, received_at=time.time()), TRANSPORT)
+            self._take(data, addr[0])  # type: ignore[index]  # (host, port, ...) for IP
+            # what else waits in the socket, read here (DRAIN_UP_TO); datagrams are not
+            # ordered anyway, and the transport reads again once this task waits
+            for _ in range(DRAIN_UP_TO):
+                try:
+                    data, addr = sock.recvfrom(_LARGEST_DATAGRAM)  # an oversized one whole
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    break  # the transport sees it too, and reports it
+                self._take(data, addr[0])
+
+    def _take(self, data: bytes, source: str) -> None:
+        intake = self._intake
+        peer = self._admit(source)
+        if peer is None:
+            intake.on_drop(Dropped("sender_not_allowed", source, TRANSPORT, len(data)))
+        elif len(data) > self.max_message_size:
+            intake.on_drop(Dropped("oversized", peer, TRANSPORT, len(data)))
+        else:
+            self.received[peer] += 1
+            intake.on_message(parse_syslog(data, peer=peer, received_at=time.time()), TRANSPORT)
 
     def take_received(self) -> Counter[str]:
         """The per-sender counts since the last call, and start again from zero."""

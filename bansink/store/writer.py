@@ -34,6 +34,9 @@ class _Item(NamedTuple):
     """store records the operation writes (what `ban_records_lost` counts)"""
 
 
+_new_item = tuple.__new__
+
+
 class JournalWriter:
     """Batches journal rows: one transaction per tick; `done` callbacks run after the commit.
 
@@ -95,7 +98,10 @@ class JournalWriter:
             return
         self.pending += row is not None
         self._seq += 1
-        self._batcher.put(_Item(row, done, session, self._seq), urgent=done is not None)
+        # built as a tuple is: the NamedTuple's constructor is a Python call (230 against
+        # 140 ns, once per row)
+        self._batcher.put(_new_item(_Item, (row, done, session, self._seq, None, 0)),
+                          urgent=done is not None)
 
     def put_operation(self, operation: Operation, records: int = 1) -> None:
         """Queue work for the writer's next transaction, after the rows put before it (a ban's

@@ -40,3 +40,13 @@ def test_datagrams_from_senders_not_allowed_are_dropped_unparsed():
     rec = run(lambda a: None, [b"<13>Nov 21 10:00:00 h app: one"] * 3, expect=3)
     assert rec.messages == []
     assert [(d.reason, d.peer) for d in rec.drops] == [("sender_not_allowed", "127.0.0.1")] * 3
+
+
+def test_a_burst_read_past_the_transport_loses_nothing_and_keeps_the_drop_sizes():
+    """Datagrams that wait in the socket are read directly after each one asyncio delivers:
+    all of a burst arrive, an oversized one is dropped with its whole size."""
+    burst = [b"<13>Nov 21 10:00:00 h app: m%d" % i for i in range(1000)]
+    burst[500] = b"y" * 4000
+    rec = run(lambda a: a, burst, expect=1000)
+    assert sorted(int(m.msg[1:]) for m in rec.messages) == [i for i in range(1000) if i != 500]
+    assert [(d.reason, d.size) for d in rec.drops] == [("oversized", 4000)]
