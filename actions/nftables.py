@@ -583,7 +583,8 @@ class NftablesSet:
         found = set()
         for item in output["nftables"]:
             for elem in item.get("set", {}).get("elem", []):
-                value = elem.get("elem", {}).get("val") if isinstance(elem, dict) else elem
+                # {"elem": {"val": …, "timeout": …}}, or the value alone (no timeout)
+                value = elem.get("elem", {}).get("val", elem) if isinstance(elem, dict) else elem
                 if isinstance(value, dict) and "prefix" in value:
                     text = f"{value['prefix']['addr']}/{value['prefix']['len']}"
                 elif isinstance(value, str):

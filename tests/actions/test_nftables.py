@@ -265,6 +265,11 @@ def test_a_network_goes_to_the_network_set_of_its_jail_with_its_timeout(ns: Netn
     backend.delete(ip_network("192.0.2.0/24"))  # never banned: no error
     assert ns.in_namespace(backend.commit).ok
     assert ns.set_elements(name="net4") == {}
+    backend.add(ban("2001:db8:2::/48", math.inf))  # until lifted: listed without a timeout
+    assert ns.in_namespace(backend.commit).ok
+    backend.delete(ip_network("2001:db8:2::/48"))
+    assert ns.in_namespace(backend.commit).ok
+    assert set(ns.set_elements(name="net6")) == {"2001:db8:1::/64"}
 
 
 def test_a_ban_of_a_jail_the_layout_lacks_is_refused_by_name(ns: Netns):
