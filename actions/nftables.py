@@ -394,8 +394,7 @@ class NftablesSet:
             have = self._inventory()
             try:
                 self._run(self._setup_commands(have))
-                created = {name for name, _, _, nets in self._ban_sets()
-                           if name not in have.sets}
+                created = {name for name, *_ in self._ban_sets() if name not in have.sets}
                 self._created |= created
                 self._fresh.update((name, set()) for name, _, _, nets in self._ban_sets()
                                    if name in created and not nets)

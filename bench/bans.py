@@ -549,14 +549,19 @@ def table(results: dict) -> str:
     if restore:
         deleted = restore["table_deleted"]["best"]
         kept = restore["table_kept"]["best"]
-        worst = max(deleted["to_all_in_kernel_s"], deleted["to_started_s"])
+        # the target names the bans: in the kernel (with the table kept they never left it);
+        # `started` (listening, after the journal's replay) is held to it too, as a stricter
+        # reading, on its own rows
         rows.append((f"restore {deleted['bans_restored']:,} bans, table deleted: start -> all "
-                     f"in kernel / started", f"<= {TARGETS['restore_s']:g} s",
-                     f"{deleted['to_all_in_kernel_s']} / {deleted['to_started_s']} s",
-                     met(worst <= TARGETS["restore_s"])))
-        rows.append(("  same: start -> bans_restored line", "",
-                     f"{deleted['to_bans_restored_s']} s", ""))
-        rows.append(("restore, table kept: start -> bans_restored / started", "",
+                     f"in kernel", f"<= {TARGETS['restore_s']:g} s",
+                     f"{deleted['to_all_in_kernel_s']} s",
+                     met(deleted["to_all_in_kernel_s"] <= TARGETS["restore_s"])))
+        rows.append(("  same: start -> bans_restored line / started (journal replayed)",
+                     f"(<= {TARGETS['restore_s']:g} s)",
+                     f"{deleted['to_bans_restored_s']} / {deleted['to_started_s']} s",
+                     met(deleted["to_started_s"] <= TARGETS["restore_s"])))
+        rows.append(("restore, table kept: start -> bans_restored / started",
+                     f"(<= {TARGETS['restore_s']:g} s)",
                      f"{kept['to_bans_restored_s']} / {kept['to_started_s']} s",
                      met(kept["to_started_s"] <= TARGETS["restore_s"])))
     rss = results.get("rss")
