@@ -66,7 +66,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Any
@@ -525,22 +525,25 @@ class NftablesSet:
                 found[name] = self._listed(watcher, name)
         return found
 
-    def _listed(self, context: Any, name: str) -> list[Target]:
-        """The elements of one set (its canary left out)."""
+    def _elements_of(self, context: Any, name: str) -> Iterator[tuple[Any, dict[str, Any]]]:
+        """(value, its attributes: timeout, expires, …) of each element of one set, its canary
+        left out. An element without attributes is listed as its value alone."""
         rc, output, error = context.json_cmd(
             {"nftables": [{"list": {"set": self._ref(name=name)}}]})
         if rc != 0:
             raise NftablesError(" ".join(str(error).split()))
-        found = []
         for item in output["nftables"]:
             for elem in item.get("set", {}).get("elem", []):
-                body = elem.get("elem", {}) if isinstance(elem, dict) else {}
-                if body.get("comment") == CANARY_COMMENT:
-                    continue
-                target = parse_element(body.get("val", elem))
-                if target is not None:
-                    found.append(target)
-        return found
+                body = elem.get("elem") if isinstance(elem, dict) else None
+                if body is None:
+                    yield elem, {}
+                elif body.get("comment") != CANARY_COMMENT:
+                    yield body.get("val"), body
+
+    def _listed(self, context: Any, name: str) -> list[Target]:
+        """The elements of one set (its canary left out)."""
+        return [target for value, _ in self._elements_of(context, name)
+                if (target := parse_element(value)) is not None]
 
     def survey(self) -> None:
         """Before a start's restore: list the address sets that were there already (not those
@@ -554,47 +557,32 @@ class NftablesSet:
                 if nets or name in self._created:
                     continue
                 now = time.monotonic()
-                rc, output, _ = watcher.json_cmd(
-                    {"nftables": [{"list": {"set": self._ref(name=name)}}]})
-                if rc != 0:
+                try:
+                    listed = list(self._elements_of(watcher, name))
+                except NftablesError:
                     continue
-                ends: dict[str, float] = {}
-                for item in output["nftables"]:
-                    for elem in item.get("set", {}).get("elem", []):
-                        if isinstance(elem, str):  # no timeout: a ban until lifted
-                            ends[elem] = math.inf
-                        elif isinstance(body := elem.get("elem"), dict) and isinstance(
-                                body.get("val"), str) and body.get("comment") != CANARY_COMMENT:
-                            expires = body.get("expires")
-                            ends[body["val"]] = (math.inf if expires is None
-                                                 else now + expires)
-                self._surveyed[name] = ends
+                self._surveyed[name] = {
+                    value: math.inf if body.get("expires") is None else now + body["expires"]
+                    for value, body in listed if isinstance(value, str)}
 
     def _listed_texts(self, name: str) -> set[str]:
         """The elements of a network set as bansink writes them (text_of): what a transaction
         compares its targets with. Without parsing each one (ipaddress' parser made listing a
         set of 200 prefixes 1.2 ms, on each ban's commit); an element nft writes with an
         embedded IPv4 address is parsed, since ipaddress writes it in hex."""
-        rc, output, error = self._watching().json_cmd(
-            {"nftables": [{"list": {"set": self._ref(name=name)}}]})
-        if rc != 0:
-            raise NftablesError(" ".join(str(error).split()))
         found = set()
-        for item in output["nftables"]:
-            for elem in item.get("set", {}).get("elem", []):
-                # {"elem": {"val": …, "timeout": …}}, or the value alone (no timeout)
-                value = elem.get("elem", {}).get("val", elem) if isinstance(elem, dict) else elem
-                if isinstance(value, dict) and "prefix" in value:
-                    text = f"{value['prefix']['addr']}/{value['prefix']['len']}"
-                elif isinstance(value, str):
-                    text = value  # one address: a /32 or /128, as an address or a network
-                    found.add(f"{text}/{128 if ':' in text else 32}")
-                else:
-                    continue
-                if ":" in text and "." in text:
-                    target = parse_element(value)
-                    text = text_of(target) if target is not None else text
-                found.add(text)
+        for value, _ in self._elements_of(self._watching(), name):
+            if isinstance(value, dict) and "prefix" in value:
+                text = f"{value['prefix']['addr']}/{value['prefix']['len']}"
+            elif isinstance(value, str):
+                text = value  # one address: a /32 or /128, as an address or a network
+                found.add(f"{text}/{128 if ':' in text else 32}")
+            else:
+                continue
+            if ":" in text and "." in text:
+                target = parse_element(value)
+                text = text_of(target) if target is not None else text
+            found.add(text)
         return found
 
     def remove_strays(self, keep: set[tuple[str, Target]]) -> list[tuple[str, Target]]:

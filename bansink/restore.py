@@ -75,8 +75,7 @@ async def restore_bans(book: BanBook, journal: JournalWriter, *, findtime: float
             except AdminError:
                 continue
     restored: list[Ban] = []
-    texts: list[str] = []
-    kept: list[tuple[store.BanRow, Target, float]] = []
+    rows: list[store.BanRow] = []  # each restored ban's row
     gone: set[str] = set()
     origins = {origin.value: origin for origin in Origin}
     for row in running:
@@ -94,26 +93,27 @@ async def restore_bans(book: BanBook, journal: JournalWriter, *, findtime: float
             continue
         restored.append(Ban(target=target, origin=origin, jail=row.jail, failures=row.failures,
                             bantime=left, decided_at=mono))
-        texts.append(row.target)
-        kept.append((row, target, left))
+        rows.append(row)
         if len(restored) % RESTORE_CHUNK == 0:
-            book.enforcer.restore(restored[-RESTORE_CHUNK:], texts[-RESTORE_CHUNK:])
+            book.enforcer.restore(restored[-RESTORE_CHUNK:],
+                                  [row.target for row in rows[-RESTORE_CHUNK:]])
             await asyncio.sleep(0)  # the commit thread takes them while the rest are read
     rest = len(restored) - len(restored) % RESTORE_CHUNK  # those not handed over yet
-    book.enforcer.restore(restored[rest:], texts[rest:])
+    book.enforcer.restore(restored[rest:], [row.target for row in rows[rest:]])
     # the book and the jails learn of them once the enforcer has them all (nothing is received
     # yet); the loop is let run now and then, so that the commit thread keeps getting batches
-    for i, (row, target, left) in enumerate(kept, 1):
+    for i, (ban, row) in enumerate(zip(restored, rows, strict=True), 1):
         if i % RESTORE_CHUNK == 0:
             await asyncio.sleep(0)
-        book.entries[(row.jail, target)] = Entry(row.started_at, mono + left, row.id, row.step,
-                                                 row.note)
+        end = mono + ban.bantime
+        book.entries[(row.jail, ban.target)] = Entry(row.started_at, end, row.id, row.step,
+                                                     row.note)
         holders = jails.values() if row.jail == MANUAL_JAIL else [jails[row.jail]]
         for jail in holders:
-            jail.remember(target, mono + left)
+            jail.remember(ban.target, end)
     if gone:
-        kept_jails = [*jails, MANUAL_JAIL]
-        book.write(lambda db: store.lift_jails_except(db, kept_jails, wall))
+        kept = [*jails, MANUAL_JAIL]
+        book.write(lambda db: store.lift_jails_except(db, kept, wall))
         log.warning("bans_of_removed_jails_ended", jails=sorted(gone))
     for i, row in enumerate(history, 1):
         if i % RESTORE_CHUNK == 0:

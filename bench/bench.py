@@ -60,18 +60,6 @@ def client_ip(i: int) -> str:
     return str(ipaddress.ip_address(f"2001:db8:{i >> 16:x}:{i & 0xFFFF:x}::1"))
 
 
-IPV6_PREFIX: int | None = None
-"""--ipv6-prefix: written into the jail's config when given (else the default, 64)."""
-
-
-def element_of(ip: str) -> str:
-    """The set element a ban of `ip` shows up as: its /64 (the jails' default `ipv6_prefix`;
-    each client_ip is in a /64 of its own), or the address with --ipv6-prefix 128."""
-    if IPV6_PREFIX == 128:
-        return ip
-    return str(ipaddress.ip_network(f"{ip}/{IPV6_PREFIX or 64}", strict=False))
-
-
 class Bench:
     def __init__(self, tmp: Path) -> None:
         self.ns = f"bskbench{os.getpid()}"
@@ -92,6 +80,8 @@ class Bench:
 
     no_journal = False
     """--no-journal: the udp, tcp, latency and burst phases run without the journal."""
+    ipv6_prefix: int | None = None
+    """--ipv6-prefix: written into the jail's config when given (else the default, 64)."""
 
     def start(self, maxretry: int, journal: Path | None = None, *,
               durable: bool = False, jails: str | None = None, extra: str = "") -> None:
@@ -126,9 +116,16 @@ format = "json"
         if proc.poll() is not None:
             raise SystemExit(f"bench: bansink exited: {self.log.read_text()[-2000:]}")
 
-    @staticmethod
-    def _jail(maxretry: int) -> str:
-        prefix = f"ipv6_prefix = {IPV6_PREFIX}\n" if IPV6_PREFIX is not None else ""
+    def element_of(self, ip: str) -> str:
+        """The set element a ban of `ip` shows up as: its /64 (the jails' default
+        `ipv6_prefix`; each client_ip is in a /64 of its own), or the address with
+        --ipv6-prefix 128."""
+        if self.ipv6_prefix == 128:
+            return ip
+        return str(ipaddress.ip_network(f"{ip}/{self.ipv6_prefix or 64}", strict=False))
+
+    def _jail(self, maxretry: int) -> str:
+        prefix = f"ipv6_prefix = {self.ipv6_prefix}\n" if self.ipv6_prefix is not None else ""
         return f'[jail]\nmaxretry = {maxretry}\nfindtime = "1h"\nbantime = "1h"\n{prefix}'
 
     def stop(self, keep_table: bool = False) -> None:
@@ -305,8 +302,8 @@ def latency_phase(b: Bench, bans: int) -> dict:
         ip = client_ip(0xFFFF0000 + i)
         t0 = time.perf_counter()
         sock.send(LINE.format(ip=ip).encode())
-        monitor.wait_for({element_of(ip)}, 5)
-        latencies.append((monitor.seen[element_of(ip)] - t0) * 1000)
+        monitor.wait_for({b.element_of(ip)}, 5)
+        latencies.append((monitor.seen[b.element_of(ip)] - t0) * 1000)
     monitor.stop()
     b.stop()
     latencies.sort()
@@ -346,13 +343,13 @@ def burst_phase(b: Bench, count: int, attackers: int, maxretry: int = 3) -> dict
         written.append(time.perf_counter())
     sent_s = time.perf_counter() - t0
     sock.close()
-    monitor.wait_for({element_of(ip) for ip in bad}, 60)
+    monitor.wait_for({b.element_of(ip) for ip in bad}, 60)
     b.wait(lambda: b.received() >= count, 120)
     elapsed = time.perf_counter() - t0
     monitor.stop()
     commits = [e["latency_ms"] for e in b.events("ban")]
     b.stop()
-    to_ban = [(monitor.seen[element_of(ip)] - written[last_line[ip] // per_chunk]) * 1000
+    to_ban = [(monitor.seen[b.element_of(ip)] - written[last_line[ip] // per_chunk]) * 1000
               for ip in bad]
     return {"messages": count, "attackers": attackers, "maxretry": maxretry,
             "send_seconds": round(sent_s, 2), "msg_per_s": round(count / elapsed),
@@ -515,8 +512,6 @@ def main() -> None:
                    help="udp, tcp, latency and burst without the journal (relp keeps it)")
     p.add_argument("--ipv6-prefix", type=int, help="the jails' ipv6_prefix (default: 64)")
     args = p.parse_args()
-    global IPV6_PREFIX
-    IPV6_PREFIX = args.ipv6_prefix
     if args.quick:
         args.udp_count, args.tcp_count, args.bans = 50_000, 100_000, 50
         args.burst_count, args.burst_attackers = 50_000, 100
@@ -524,7 +519,7 @@ def main() -> None:
     results: dict[str, object] = {"cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="bansink-bench-") as tmp:
         b = Bench(Path(tmp))
-        b.no_journal = args.no_journal
+        b.no_journal, b.ipv6_prefix = args.no_journal, args.ipv6_prefix
         try:
             phases = args.phases.split(",")
             if "udp" in phases:
