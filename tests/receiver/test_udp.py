@@ -44,9 +44,13 @@ def test_datagrams_from_senders_not_allowed_are_dropped_unparsed():
 
 def test_a_burst_read_past_the_transport_loses_nothing_and_keeps_the_drop_sizes():
     """Datagrams that wait in the socket are read directly after each one asyncio delivers:
-    all of a burst arrive, an oversized one is dropped with its whole size."""
+    all of a burst arrive, a malformed one is passed on as such, an oversized one is dropped
+    with its whole size."""
     burst = [b"<13>Nov 21 10:00:00 h app: m%d" % i for i in range(1000)]
     burst[500] = b"y" * 4000
+    burst[700] = b"\x00<999>not syslog"
     rec = run(lambda a: a, burst, expect=1000)
-    assert sorted(int(m.msg[1:]) for m in rec.messages) == [i for i in range(1000) if i != 500]
+    good = [m for m in rec.messages if isinstance(m, SyslogMessage)]
+    assert sorted(int(m.msg[1:]) for m in good) == [i for i in range(1000) if i not in (500, 700)]
+    assert [type(m) for m in rec.messages].count(MalformedSyslog) == 1  # counted, not fatal
     assert [(d.reason, d.size) for d in rec.drops] == [("oversized", 4000)]
